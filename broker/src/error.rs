@@ -1,0 +1,84 @@
+//! The broker crate's error type, grouped by what the caller should do about it.
+//!
+//! The mapping to wire error codes lives in one place at the protocol edge (with the client
+//! protocol); here each variant only says whether it is the request's fault, a transient
+//! condition, or a fault of this replica's storage.
+
+use std::path::PathBuf;
+
+use rafka_protocol::{BatchError, Offset};
+
+/// What a caller can do about an [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is wrong (bad batch, offset out of range): do not retry it unchanged.
+    InvalidRequest,
+    /// Storage on this replica failed or is corrupt: the replica must stop serving this
+    /// partition (and, once replicated, recover it from its peers). Retrying elsewhere may work.
+    Storage,
+    /// A configuration error found at start-up or on a config change.
+    Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    #[error("invalid record batch: {0}")]
+    InvalidBatchHeader(&'static str),
+    #[error("append of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    AppendTooLarge { size_bytes: u64, limit_bytes: u64 },
+    #[error("offset {requested} is out of range: the log holds [{log_start}, {log_end})")]
+    OffsetOutOfRange {
+        requested: Offset,
+        log_start: Offset,
+        log_end: Offset,
+    },
+    #[error("replicated batch starts at offset {got} but the log ends at {expected}")]
+    NonContiguousAppend { expected: Offset, got: Offset },
+    #[error("cannot truncate to offset {offset}: {reason}")]
+    InvalidTruncation { offset: Offset, reason: &'static str },
+    #[error("corrupt data in {path} at byte {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("the log in {0} failed an earlier write and must be reopened")]
+    Poisoned(PathBuf),
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+    #[error("broken data directory {path}: {reason}")]
+    BrokenDirectory { path: PathBuf, reason: String },
+}
+
+impl Error {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::InvalidBatch(_)
+            | Error::InvalidBatchHeader(_)
+            | Error::AppendTooLarge { .. }
+            | Error::OffsetOutOfRange { .. }
+            | Error::NonContiguousAppend { .. }
+            | Error::InvalidTruncation { .. } => ErrorClass::InvalidRequest,
+            Error::Io { .. }
+            | Error::Corrupt { .. }
+            | Error::Poisoned(_)
+            | Error::BrokenDirectory { .. } => ErrorClass::Storage,
+            Error::Config(_) => ErrorClass::Config,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
