@@ -43,7 +43,10 @@ pub enum Error {
     #[error("replicated batch starts at offset {got} but the log ends at {expected}")]
     NonContiguousAppend { expected: Offset, got: Offset },
     #[error("cannot truncate to offset {offset}: {reason}")]
-    InvalidTruncation { offset: Offset, reason: &'static str },
+    InvalidTruncation {
+        offset: Offset,
+        reason: &'static str,
+    },
     #[error("corrupt data in {path} at byte {position}: {reason}")]
     Corrupt {
         path: PathBuf,

@@ -188,9 +188,10 @@ impl Fs {
                 t.files.remove(&path);
                 continue;
             }
-            let keep = f
-                .surviving_bytes
-                .clamp(tracked.synced_bytes, tracked.written_bytes.max(tracked.synced_bytes));
+            let keep = f.surviving_bytes.clamp(
+                tracked.synced_bytes,
+                tracked.written_bytes.max(tracked.synced_bytes),
+            );
             let file = OpenOptions::new().write(true).open(&path)?;
             file.set_len(keep)?;
             if keep > tracked.synced_bytes && f.tail != TornTail::Kept {

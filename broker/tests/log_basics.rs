@@ -27,18 +27,30 @@ fn open(dir: &std::path::Path, cfg: LogConfig) -> Log {
 fn offsets_are_dense_and_reads_return_whole_batches() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), small());
-    let a = log.append(simple_batch("a", 3, 1000), LeaderEpoch(1)).unwrap();
-    let b = log.append(simple_batch("b", 2, 1001), LeaderEpoch(1)).unwrap();
+    let a = log
+        .append(simple_batch("a", 3, 1000), LeaderEpoch(1))
+        .unwrap();
+    let b = log
+        .append(simple_batch("b", 2, 1001), LeaderEpoch(1))
+        .unwrap();
     assert_eq!((a.base_offset, a.last_offset), (off(0), off(2)));
     assert_eq!((b.base_offset, b.last_offset), (off(3), off(4)));
     assert_eq!(log.log_end_offset(), off(5));
-    assert_eq!(log.flushed_offset(), off(5), "EveryAppend flushes before returning");
+    assert_eq!(
+        log.flushed_offset(),
+        off(5),
+        "EveryAppend flushes before returning"
+    );
 
     // Reading from the middle of a batch returns the whole batch holding that offset.
     let r = log.read(off(1), 1, None).unwrap();
     let recs = records(&r);
     assert_eq!(recs.first().unwrap().offset, 0);
-    assert_eq!(recs.len(), 3, "max_bytes=1 still yields one whole batch, and only one");
+    assert_eq!(
+        recs.len(),
+        3,
+        "max_bytes=1 still yields one whole batch, and only one"
+    );
     assert_eq!(r.next_offset, off(3));
 
     // A limit (the high watermark) excludes batches that reach it.
@@ -47,7 +59,10 @@ fn offsets_are_dense_and_reads_return_whole_batches() {
     assert_eq!(r.next_offset, off(3));
 
     // The leader epoch is stamped into the header.
-    let first = rafka_protocol::BatchIter::new(r.batches).next().unwrap().unwrap();
+    let first = rafka_protocol::BatchIter::new(r.batches)
+        .next()
+        .unwrap()
+        .unwrap();
     assert_eq!(first.header().partition_leader_epoch, LeaderEpoch(1));
 }
 
@@ -58,7 +73,8 @@ fn reading_at_the_end_is_empty_and_below_the_start_is_out_of_range() {
     let empty = log.read(off(0), 100, None).unwrap();
     assert!(empty.batches.is_empty());
     for i in 0..20 {
-        log.append(simple_batch(&format!("x{i}"), 5, 1000), LeaderEpoch(0)).unwrap();
+        log.append(simple_batch(&format!("x{i}"), 5, 1000), LeaderEpoch(0))
+            .unwrap();
     }
     let at_end = log.read(off(100), 100, None).unwrap();
     assert!(at_end.batches.is_empty());
@@ -83,8 +99,11 @@ fn rolls_segments_and_reads_across_them_after_reopen() {
         let log = open(dir.path(), small());
         for i in 0..200u64 {
             let v = vec![(i % 251) as u8; 40 + (i as usize % 90)];
-            log.append(batch(&[(Some(1_000 + i as i64), v.clone())]), LeaderEpoch(0))
-                .unwrap();
+            log.append(
+                batch(&[(Some(1_000 + i as i64), v.clone())]),
+                LeaderEpoch(0),
+            )
+            .unwrap();
             want.push(v);
         }
         assert!(log.segment_count() > 3, "4 KiB segments must roll");
@@ -118,14 +137,11 @@ fn finds_offsets_by_timestamp() {
     let ts = [100, 300, 200, 500, 400, 900, 700];
     for (i, t) in ts.iter().enumerate() {
         for _ in 0..10 {
-            log.append(simple_batch(&format!("{i}"), 4, *t), LeaderEpoch(0)).unwrap();
+            log.append(simple_batch(&format!("{i}"), 4, *t), LeaderEpoch(0))
+                .unwrap();
         }
     }
-    let first_at_or_after = |t: i64| {
-        ts.iter()
-            .position(|x| *x >= t)
-            .map(|i| off(i as u64 * 40))
-    };
+    let first_at_or_after = |t: i64| ts.iter().position(|x| *x >= t).map(|i| off(i as u64 * 40));
     for probe in [0, 100, 101, 250, 300, 450, 500, 800, 900] {
         assert_eq!(
             log.offset_for_timestamp(Timestamp(probe)).unwrap(),
@@ -141,7 +157,8 @@ fn truncate_to_drops_the_suffix_across_segments() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), small());
     for i in 0..100 {
-        log.append(simple_batch(&format!("t{i}"), 2, 1000 + i), LeaderEpoch(0)).unwrap();
+        log.append(simple_batch(&format!("t{i}"), 2, 1000 + i), LeaderEpoch(0))
+            .unwrap();
     }
     let segments_before = log.segment_count();
     match log.truncate_to(off(51)) {
@@ -151,7 +168,9 @@ fn truncate_to_drops_the_suffix_across_segments() {
     log.truncate_to(off(50)).unwrap();
     assert_eq!(log.log_end_offset(), off(50));
     assert!(log.segment_count() < segments_before);
-    let info = log.append(simple_batch("new", 2, 5000), LeaderEpoch(2)).unwrap();
+    let info = log
+        .append(simple_batch("new", 2, 5000), LeaderEpoch(2))
+        .unwrap();
     assert_eq!(info.base_offset, off(50));
     drop(log);
     let log = open(dir.path(), small());
@@ -159,7 +178,10 @@ fn truncate_to_drops_the_suffix_across_segments() {
     assert_eq!(got.len(), 52);
     assert_eq!(got[50].value, b"new-0".to_vec());
     assert_eq!(got[49].value, b"t24-1".to_vec());
-    assert_eq!(log.offset_for_timestamp(Timestamp(5000)).unwrap(), Some(off(50)));
+    assert_eq!(
+        log.offset_for_timestamp(Timestamp(5000)).unwrap(),
+        Some(off(50))
+    );
     // Truncating to the start of a segment leaves it empty and active.
     let bases = log.segment_bases();
     let b = *bases.last().unwrap();
@@ -173,7 +195,8 @@ fn delete_before_moves_the_start_durably_and_past_the_end_resets() {
     {
         let log = open(dir.path(), small());
         for i in 0..100 {
-            log.append(simple_batch(&format!("d{i}"), 2, 1000), LeaderEpoch(0)).unwrap();
+            log.append(simple_batch(&format!("d{i}"), 2, 1000), LeaderEpoch(0))
+                .unwrap();
         }
         let segs = log.segment_count();
         log.delete_before(off(101)).unwrap();
@@ -183,15 +206,27 @@ fn delete_before_moves_the_start_durably_and_past_the_end_resets() {
         assert_eq!(records(&r)[0].offset, 100, "whole batch holding the start");
     }
     let log = open(dir.path(), small());
-    assert_eq!(log.log_start_offset(), off(101), "the start survives a reopen");
+    assert_eq!(
+        log.log_start_offset(),
+        off(101),
+        "the start survives a reopen"
+    );
     // A follower installing a snapshot beyond its log: empty log continuing at the snapshot.
     log.delete_before(off(1000)).unwrap();
     assert_eq!(log.log_start_offset(), off(1000));
     assert_eq!(log.log_end_offset(), off(1000));
-    assert_eq!(log.append(simple_batch("s", 1, 1), LeaderEpoch(0)).unwrap().base_offset, off(1000));
+    assert_eq!(
+        log.append(simple_batch("s", 1, 1), LeaderEpoch(0))
+            .unwrap()
+            .base_offset,
+        off(1000)
+    );
     drop(log);
     let log = open(dir.path(), small());
-    assert_eq!((log.log_start_offset(), log.log_end_offset()), (off(1000), off(1001)));
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (off(1000), off(1001))
+    );
 }
 
 #[test]
@@ -203,7 +238,8 @@ fn retention_by_size_and_time_deletes_whole_closed_segments() {
     };
     let log = open(dir.path(), cfg);
     for i in 0..400 {
-        log.append(simple_batch(&format!("r{i}"), 1, 1000 + i), LeaderEpoch(0)).unwrap();
+        log.append(simple_batch(&format!("r{i}"), 1, 1000 + i), LeaderEpoch(0))
+            .unwrap();
     }
     let before = log.size_bytes();
     assert!(before > 10_000);
@@ -211,9 +247,16 @@ fn retention_by_size_and_time_deletes_whole_closed_segments() {
     assert!(out.segments_deleted > 0);
     let after = log.size_bytes();
     assert!(after >= 10_000, "never deletes below the limit: {after}");
-    assert!(after - 10_000 < 4096 + 200, "deletes down to within a segment of it: {after}");
+    assert!(
+        after - 10_000 < 4096 + 200,
+        "deletes down to within a segment of it: {after}"
+    );
     let first = log.segment_bases()[0];
-    assert_eq!(log.log_start_offset(), first, "start moves to the first kept segment");
+    assert_eq!(
+        log.log_start_offset(),
+        first,
+        "start moves to the first kept segment"
+    );
     assert_eq!(read_all(&log).first().unwrap().offset, first.0);
 
     // Time: segments whose newest record is older than retention_ms go; the active stays.
@@ -246,14 +289,19 @@ fn retention_by_time_keeps_segments_with_recent_records() {
     let log = open(dir.path(), cfg);
     // Old records, then new ones; segments are 4 KiB so each phase spans several.
     for i in 0..100 {
-        log.append(simple_batch(&format!("o{i}"), 1, 10_000), LeaderEpoch(0)).unwrap();
+        log.append(simple_batch(&format!("o{i}"), 1, 10_000), LeaderEpoch(0))
+            .unwrap();
     }
     for i in 0..100 {
-        log.append(simple_batch(&format!("n{i}"), 1, 50_000), LeaderEpoch(0)).unwrap();
+        log.append(simple_batch(&format!("n{i}"), 1, 50_000), LeaderEpoch(0))
+            .unwrap();
     }
     log.enforce_retention(Timestamp(50_500)).unwrap();
     let start = log.log_start_offset();
-    assert!(start > off(0) && start <= off(100), "old segments only: start {start}");
+    assert!(
+        start > off(0) && start <= off(100),
+        "old segments only: start {start}"
+    );
     let got = read_all(&log);
     assert!(got.iter().all(|r| r.offset >= start.0 - 1));
     assert_eq!(got.last().unwrap().offset, 199);
@@ -268,17 +316,25 @@ fn records_without_timestamps_are_not_treated_as_ancient() {
     };
     let log = open(dir.path(), cfg);
     for i in 0..100 {
-        log.append(batch(&[(None, format!("u{i}").into_bytes())]), LeaderEpoch(0)).unwrap();
+        log.append(
+            batch(&[(None, format!("u{i}").into_bytes())]),
+            LeaderEpoch(0),
+        )
+        .unwrap();
     }
     let out = log.enforce_retention(Timestamp::now()).unwrap();
-    assert_eq!(out.segments_deleted, 0, "unknown timestamps fall back to file age");
+    assert_eq!(
+        out.segments_deleted, 0,
+        "unknown timestamps fall back to file age"
+    );
 }
 
 #[test]
 fn bad_batches_are_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), small());
-    log.append(simple_batch("ok", 1, 1), LeaderEpoch(0)).unwrap();
+    log.append(simple_batch("ok", 1, 1), LeaderEpoch(0))
+        .unwrap();
     let good = simple_batch("x", 3, 1);
 
     let mut bad_crc = BytesMut::from(&good[..]);
@@ -286,13 +342,17 @@ fn bad_batches_are_refused_and_nothing_is_written() {
     bad_crc[n - 1] ^= 0xff;
     assert!(matches!(
         log.append(bad_crc.freeze(), LeaderEpoch(0)),
-        Err(Error::InvalidBatch(rafka_protocol::BatchError::CrcMismatch { .. }))
+        Err(Error::InvalidBatch(
+            rafka_protocol::BatchError::CrcMismatch { .. }
+        ))
     ));
     // A valid batch followed by a truncated one: the whole append is refused.
     let mut two = BytesMut::from(&good[..]);
     two.extend_from_slice(&good[..good.len() - 5]);
     assert!(log.append(two.freeze(), LeaderEpoch(0)).is_err());
-    assert!(log.append(bytes::Bytes::from_static(b"garbage"), LeaderEpoch(0)).is_err());
+    assert!(log
+        .append(bytes::Bytes::from_static(b"garbage"), LeaderEpoch(0))
+        .is_err());
     assert!(log.append(bytes::Bytes::new(), LeaderEpoch(0)).is_err());
     let big = LogConfig {
         append_bytes_max: 64,
@@ -313,7 +373,9 @@ fn replicated_appends_must_continue_the_log() {
     let leader = open(&dir.path().join("leader"), small());
     let follower = open(&dir.path().join("follower"), small());
     for i in 0..30 {
-        leader.append(simple_batch(&format!("l{i}"), 3, 7), LeaderEpoch(4)).unwrap();
+        leader
+            .append(simple_batch(&format!("l{i}"), 3, 7), LeaderEpoch(4))
+            .unwrap();
     }
     let mut at = Offset(0);
     loop {
@@ -349,7 +411,11 @@ fn interval_flush_policy_defers_fsync_until_a_trigger() {
     log.append(simple_batch("f", 4, 1), LeaderEpoch(0)).unwrap();
     assert_eq!(log.flushed_offset(), off(0));
     log.append(simple_batch("f", 4, 1), LeaderEpoch(0)).unwrap();
-    assert_eq!(log.flushed_offset(), off(12), "the 10-message trigger fired");
+    assert_eq!(
+        log.flushed_offset(),
+        off(12),
+        "the 10-message trigger fired"
+    );
     log.append(simple_batch("f", 1, 1), LeaderEpoch(0)).unwrap();
     assert_eq!(log.flush().unwrap(), off(13));
     assert_eq!(log.flushed_offset(), off(13));

@@ -476,7 +476,8 @@ impl RecordIter {
             return Err(c.err("record length does not match its fields"));
         }
         self.position = body_end;
-        let slice = |r: std::ops::Range<usize>| self.bytes.slice(body_start + r.start..body_start + r.end);
+        let slice =
+            |r: std::ops::Range<usize>| self.bytes.slice(body_start + r.start..body_start + r.end);
         let timestamp = Timestamp::from_wire(self.base_timestamp.wrapping_add(timestamp_delta));
         Ok(Record {
             offset: self.base_offset.plus(offset_delta as u64),
@@ -637,8 +638,13 @@ impl BatchBuilder {
     }
 
     /// The size a record would add, to decide whether it still fits a size limit.
-    pub fn estimated_record_bytes(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) -> usize {
-        let fields = 1 + 10 + 5 + 5 + key.map_or(0, <[u8]>::len) + 5 + value.map_or(0, <[u8]>::len) + 5;
+    pub fn estimated_record_bytes(
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) -> usize {
+        let fields =
+            1 + 10 + 5 + 5 + key.map_or(0, <[u8]>::len) + 5 + value.map_or(0, <[u8]>::len) + 5;
         let hdrs: usize = headers
             .iter()
             .map(|h| 10 + h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
@@ -698,12 +704,15 @@ impl BatchBuilder {
         b[MAGIC_AT] = MAGIC_V2 as u8;
         b[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attrs.to_be_bytes());
         let last_delta = (self.count - 1).max(0);
-        b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&last_delta.to_be_bytes());
+        b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+            .copy_from_slice(&last_delta.to_be_bytes());
         let base_ts = self.base_timestamp.unwrap_or(Timestamp::WIRE_NONE);
         b[BASE_TIMESTAMP_AT..BASE_TIMESTAMP_AT + 8].copy_from_slice(&base_ts.to_be_bytes());
-        b[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&self.max_timestamp.to_be_bytes());
+        b[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8]
+            .copy_from_slice(&self.max_timestamp.to_be_bytes());
         b[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&o.producer_id.0.to_be_bytes());
-        b[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&o.producer_epoch.0.to_be_bytes());
+        b[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2]
+            .copy_from_slice(&o.producer_epoch.0.to_be_bytes());
         b[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&o.base_sequence.0.to_be_bytes());
         b[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&self.count.to_be_bytes());
         let crc = compute_crc(b);

@@ -5,8 +5,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use rafka_protocol::batch::{set_base_offset, HEADER_BYTES};
 use rafka_protocol::{
-    BatchBuilder, BatchIter, BatchOptions, Header, Offset, ProducerEpoch, ProducerId,
-    RecordBatch, Sequence, Timestamp,
+    BatchBuilder, BatchIter, BatchOptions, Header, Offset, ProducerEpoch, ProducerId, RecordBatch,
+    Sequence, Timestamp,
 };
 
 #[derive(Debug, Clone)]

@@ -12,7 +12,8 @@
 //! the next open.
 //!
 //! The active segment keeps its entries in memory (at most `segment_bytes /
-//! index_interval_bytes` of them) and writes them out on flush and on roll; closed segments are
+//! index_interval_bytes` of them) and writes them out only when it is closed (rolled): its
+//! indexes are rebuilt by the scan that validates it on every open anyway. Closed segments are
 //! searched on disk with positional reads, so memory does not grow with the log.
 
 use std::io;

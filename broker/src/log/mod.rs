@@ -90,7 +90,10 @@ struct State {
 
 impl State {
     fn active(&self) -> &Segment {
-        self.segments.values().next_back().expect("a log always has a segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has a segment")
     }
     fn active_mut(&mut self) -> &mut Segment {
         self.segments
@@ -186,7 +189,10 @@ impl Log {
         if dir_dirty {
             fs.sync_dir(&dir).map_err(Error::io(&dir))?;
         }
-        let end = segments.values().next_back().map_or(log_start, |s| s.next_offset);
+        let end = segments
+            .values()
+            .next_back()
+            .map_or(log_start, |s| s.next_offset);
         let log = Log {
             dir,
             fs,
@@ -351,7 +357,12 @@ impl Log {
 
     /// Rolls to a new segment if the active one is full, too old, or would overflow 32-bit
     /// relative offsets.
-    fn maybe_roll(&self, state: &mut State, input_bytes: u64, headers: &[BatchHeader]) -> Result<()> {
+    fn maybe_roll(
+        &self,
+        state: &mut State,
+        input_bytes: u64,
+        headers: &[BatchHeader],
+    ) -> Result<()> {
         let cfg = &state.config;
         let active = state.active();
         if active.size_bytes == 0 {
@@ -397,7 +408,10 @@ impl Log {
             } => {
                 let pending = self.unflushed_records.fetch_add(records, Ordering::AcqRel) + records;
                 let since = {
-                    let mut s = self.unflushed_since.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut s = self
+                        .unflushed_since
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
                     *s.get_or_insert_with(Instant::now)
                 };
                 let by_count = messages.is_some_and(|m| pending >= m);
@@ -418,6 +432,9 @@ impl Log {
         let _guard = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
         let (end, file) = {
             let state = self.read_state();
+            if state.poisoned {
+                return Err(Error::Poisoned(self.dir.clone()));
+            }
             (state.log_end(), std::sync::Arc::clone(&state.active().log))
         };
         if self.flushed.load(Ordering::Acquire) >= end.0 {
@@ -425,9 +442,21 @@ impl Log {
         }
         // Take the counters before syncing: appends landing during the sync count for the next.
         self.unflushed_records.store(0, Ordering::Release);
-        *self.unflushed_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .unflushed_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         let started = Instant::now();
-        file.sync_data().map_err(Error::io(file.path()))?;
+        if let Err(e) = file.sync_data() {
+            // After a failed fdatasync the kernel may have dropped the dirty pages and will not
+            // report the failure again ("fsyncgate"): a later sync succeeding proves nothing.
+            // The log stops accepting writes until it is reopened and recovered.
+            self.write_state().poisoned = true;
+            return Err(Error::Io {
+                path: file.path().to_path_buf(),
+                source: e,
+            });
+        }
         metrics::histogram!("rafka_log_flush_seconds").record(started.elapsed().as_secs_f64());
         self.flushed.fetch_max(end.0, Ordering::AcqRel);
         Ok(end)
@@ -462,7 +491,12 @@ impl Log {
     /// start or past the log end is [`Error::OffsetOutOfRange`] carrying both bounds. A batch
     /// that fails its CRC is never returned: batches before it are, or the read fails with
     /// [`Error::Corrupt`]. Reads stay within one segment; the caller continues at `next_offset`.
-    pub fn read(&self, from: Offset, max_bytes: usize, limit: Option<Offset>) -> Result<ReadResult> {
+    pub fn read(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        limit: Option<Offset>,
+    ) -> Result<ReadResult> {
         let state = self.read_state();
         let log_start = state.log_start;
         let log_end = state.log_end();
@@ -493,7 +527,11 @@ impl Log {
         let (batches, next_offset) = seg.read(from, max_bytes, limit)?;
         Ok(ReadResult {
             batches,
-            next_offset: if next_offset < from { from } else { next_offset },
+            next_offset: if next_offset < from {
+                from
+            } else {
+                next_offset
+            },
             log_start,
             log_end,
         })
@@ -545,7 +583,12 @@ impl Log {
             .next_back()
             .map(|(b, _)| b)
             .expect("offset >= log start lies in a segment");
-        let later: Vec<Offset> = state.segments.range(keep_base..).skip(1).map(|(b, _)| *b).collect();
+        let later: Vec<Offset> = state
+            .segments
+            .range(keep_base..)
+            .skip(1)
+            .map(|(b, _)| *b)
+            .collect();
         // Check the cut point before destroying anything.
         if offset != keep_base {
             let seg = &state.segments[&keep_base];
@@ -660,7 +703,9 @@ impl Log {
                 }
                 None => false,
             };
-            let too_big = cfg.retention_bytes.is_some_and(|limit| total - size >= limit);
+            let too_big = cfg
+                .retention_bytes
+                .is_some_and(|limit| total - size >= limit);
             if !(too_old || too_big) {
                 break;
             }
@@ -730,7 +775,9 @@ fn list_segments(fs: &Fs, dir: &Path) -> Result<Vec<Offset>> {
         let Some((stem, ext)) = name.split_once('.') else {
             continue;
         };
-        let parsed = (stem.len() == 20).then(|| stem.parse::<u64>().ok()).flatten();
+        let parsed = (stem.len() == 20)
+            .then(|| stem.parse::<u64>().ok())
+            .flatten();
         match (parsed, ext) {
             (Some(base), "log") => logs.push(Offset(base)),
             (Some(base), "index" | "timeindex") => indexes.push((Offset(base), path)),

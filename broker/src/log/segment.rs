@@ -114,7 +114,10 @@ pub fn scan(
         if header.base_offset != next {
             return Ok(invalid(
                 pos,
-                format!("batch base offset {} where {} was expected", header.base_offset, next),
+                format!(
+                    "batch base offset {} where {} was expected",
+                    header.base_offset, next
+                ),
                 next,
             ));
         }
@@ -263,7 +266,10 @@ impl Segment {
         let idx_check = IndexFile::<OffsetEntry>::check(&idx).map_err(Error::io(idx.path()))?;
         let tidx_check = IndexFile::<TimeEntry>::check(&tidx).map_err(Error::io(tidx.path()))?;
         let usable = |e: &Option<OffsetEntry>| {
-            e.is_none_or(|e| u64::from(e.position) < file_len && base.plus(u64::from(e.relative_offset)) < next_offset)
+            e.is_none_or(|e| {
+                u64::from(e.position) < file_len
+                    && base.plus(u64::from(e.relative_offset)) < next_offset
+            })
         };
         let mut seg = Segment {
             base,
@@ -289,7 +295,10 @@ impl Segment {
             ) if usable(&last_entry) => {
                 // Verify the tail after the last index entry and pick up its max timestamp.
                 let (start_pos, start_off) = last_entry.map_or((0, base), |e| {
-                    (u64::from(e.position), base.plus(u64::from(e.relative_offset)))
+                    (
+                        u64::from(e.position),
+                        base.plus(u64::from(e.relative_offset)),
+                    )
                 });
                 let mut max_ts = last_time.map(|t| t.max_timestamp_ms);
                 let r = scan(&seg.log, start_pos, file_len, start_off, |_, h| {
@@ -331,7 +340,9 @@ impl Segment {
         self.last_time_entry_ms = None;
         self.max_timestamp = None;
         let mut headers = Vec::new();
-        let r = scan(&self.log, 0, file_len, self.base, |pos, h| headers.push((pos, *h)))?;
+        let r = scan(&self.log, 0, file_len, self.base, |pos, h| {
+            headers.push((pos, *h))
+        })?;
         for (pos, h) in &headers {
             self.note_batch(*pos, h);
         }
@@ -379,7 +390,11 @@ impl Segment {
     /// Appends already-validated batches, whose headers (with their final offsets) are
     /// `headers`, from the scatter list `bufs`. On a failed write the file is cut back to its
     /// previous length; if even that fails the error says so and the caller poisons the log.
-    pub fn append(&mut self, bufs: &mut [IoSlice<'_>], headers: &[BatchHeader]) -> Result<(), AppendFailure> {
+    pub fn append(
+        &mut self,
+        bufs: &mut [IoSlice<'_>],
+        headers: &[BatchHeader],
+    ) -> Result<(), AppendFailure> {
         let before = self.size_bytes;
         if let Err(e) = self.log.append_vectored(bufs) {
             let cut = self.log.truncate(before);
@@ -439,7 +454,10 @@ impl Segment {
             .floor(rel, Strictness::AtMost)
             .map_err(Error::io(self.offset_index.path()))?
         {
-            Lookup::Found(e) => (u64::from(e.position), self.base.plus(u64::from(e.relative_offset))),
+            Lookup::Found(e) => (
+                u64::from(e.position),
+                self.base.plus(u64::from(e.relative_offset)),
+            ),
             Lookup::None => (0, self.base),
             Lookup::Corrupt => {
                 report_corruption(self.offset_index.path(), 0, "index entry checksum");
@@ -458,7 +476,10 @@ impl Segment {
             if h.base_offset != at {
                 return Err(self.corrupt(
                     pos,
-                    format!("batch base offset {} where {at} was expected", h.base_offset),
+                    format!(
+                        "batch base offset {} where {at} was expected",
+                        h.base_offset
+                    ),
                 ));
             }
             if h.next_offset() > offset {
@@ -517,7 +538,10 @@ impl Segment {
             }
             if h.base_offset != next || h.next_offset() > limit {
                 if h.base_offset != next {
-                    let reason = format!("batch base offset {} where {next} was expected", h.base_offset);
+                    let reason = format!(
+                        "batch base offset {} where {next} was expected",
+                        h.base_offset
+                    );
                     return self.stop_or_fail(pos, start, &buf, next, reason);
                 }
                 break;
@@ -532,7 +556,14 @@ impl Segment {
     }
 
     /// A bad batch at `pos`: return what came before it, or fail if nothing did.
-    fn stop_or_fail(&self, pos: usize, start: u64, buf: &Bytes, next: Offset, reason: String) -> Result<(Bytes, Offset)> {
+    fn stop_or_fail(
+        &self,
+        pos: usize,
+        start: u64,
+        buf: &Bytes,
+        next: Offset,
+        reason: String,
+    ) -> Result<(Bytes, Offset)> {
         let err = self.corrupt(start + pos as u64, reason);
         if pos == 0 {
             Err(err)
@@ -612,7 +643,10 @@ impl Segment {
             .reactivate(|e| u64::from(e.relative_offset) < rel_cut)
             .map_err(Error::io(self.time_index.path()))?;
         let (scan_pos, scan_off) = self.offset_index.last_active().map_or((0, self.base), |e| {
-            (u64::from(e.position), self.base.plus(u64::from(e.relative_offset)))
+            (
+                u64::from(e.position),
+                self.base.plus(u64::from(e.relative_offset)),
+            )
         });
         self.last_time_entry_ms = self.time_index.last_active().map(|e| e.max_timestamp_ms);
         self.max_timestamp = self.last_time_entry_ms.and_then(Timestamp::from_wire);
@@ -620,7 +654,9 @@ impl Segment {
         self.next_offset = scan_off;
         self.bytes_since_index = 0;
         let mut headers = Vec::new();
-        let r = scan(&self.log, scan_pos, position, scan_off, |p, h| headers.push((p, *h)))?;
+        let r = scan(&self.log, scan_pos, position, scan_off, |p, h| {
+            headers.push((p, *h))
+        })?;
         // Re-noting batches after the last index entry must not add entries already present.
         let saved_interval = self.index_interval_bytes;
         self.index_interval_bytes = u64::MAX;
@@ -629,7 +665,10 @@ impl Segment {
         }
         self.index_interval_bytes = saved_interval;
         if r.stop != ScanStop::End || self.next_offset != offset {
-            return Err(self.corrupt(r.valid_end, "segment does not scan cleanly up to the truncation point".into()));
+            return Err(self.corrupt(
+                r.valid_end,
+                "segment does not scan cleanly up to the truncation point".into(),
+            ));
         }
         if self.size_bytes == 0 {
             self.first_batch_at = None;

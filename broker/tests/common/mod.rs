@@ -54,7 +54,11 @@ pub fn read_all(log: &Log) -> Vec<Rec> {
     loop {
         let r = log.read(at, 64 * 1024, None).expect("read");
         if r.batches.is_empty() {
-            assert_eq!(r.next_offset, log.log_end_offset(), "an empty read only at the end");
+            assert_eq!(
+                r.next_offset,
+                log.log_end_offset(),
+                "an empty read only at the end"
+            );
             break;
         }
         assert!(r.next_offset > at, "reads make progress");
