@@ -451,7 +451,8 @@ async fn the_maintenance_task_enforces_retention_and_due_flushes() {
     };
     let log = Arc::new(open(dir.path(), cfg));
     for i in 0..300 {
-        log.append(simple_batch(&format!("m{i}"), 1, 1000), LeaderEpoch(0)).unwrap();
+        log.append(simple_batch(&format!("m{i}"), 1, 1000), LeaderEpoch(0))
+            .unwrap();
     }
     let start_before = log.log_start_offset();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -464,7 +465,10 @@ async fn the_maintenance_task_enforces_retention_and_due_flushes() {
     // Poll for the outcome with a deadline: the task runs on its own schedule.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while log.log_start_offset() == start_before || log.flushed_offset() != log.log_end_offset() {
-        assert!(std::time::Instant::now() < deadline, "maintenance did not act within 20 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "maintenance did not act within 20 s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     assert!(log.size_bytes() >= 8_000);
