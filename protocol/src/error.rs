@@ -27,3 +27,12 @@ pub enum BatchError {
     #[error("malformed varint")]
     MalformedVarint,
 }
+
+/// The protocol crate's error: a bad batch or an undecodable message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("undecodable message: {0}")]
+    Decode(prost::DecodeError),
+}

@@ -1,0 +1,99 @@
+//! The APIs of the client protocol: their keys, supported versions, and which response type
+//! answers which request.
+
+use crate::messages::*;
+
+/// The only version of each API so far. Bumped per API when its messages change meaning.
+pub const API_VERSION_V1: u32 = 1;
+
+/// An API key as carried in the request header. Numbers are frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiKey {
+    ApiVersions = 0,
+    Metadata = 1,
+    CreateTopics = 2,
+    DeleteTopics = 3,
+    DescribeConfigs = 4,
+    AlterConfigs = 5,
+    Produce = 6,
+    Fetch = 7,
+    ListOffsets = 8,
+}
+
+impl ApiKey {
+    pub const ALL: [ApiKey; 9] = [
+        ApiKey::ApiVersions,
+        ApiKey::Metadata,
+        ApiKey::CreateTopics,
+        ApiKey::DeleteTopics,
+        ApiKey::DescribeConfigs,
+        ApiKey::AlterConfigs,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+    ];
+
+    pub fn from_u32(key: u32) -> Option<ApiKey> {
+        ApiKey::ALL.into_iter().find(|k| *k as u32 == key)
+    }
+
+    /// A lower-case name for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiKey::ApiVersions => "api_versions",
+            ApiKey::Metadata => "metadata",
+            ApiKey::CreateTopics => "create_topics",
+            ApiKey::DeleteTopics => "delete_topics",
+            ApiKey::DescribeConfigs => "describe_configs",
+            ApiKey::AlterConfigs => "alter_configs",
+            ApiKey::Produce => "produce",
+            ApiKey::Fetch => "fetch",
+            ApiKey::ListOffsets => "list_offsets",
+        }
+    }
+
+    /// Versions this build serves: `(min, max)`.
+    pub fn versions(self) -> (u32, u32) {
+        (API_VERSION_V1, API_VERSION_V1)
+    }
+}
+
+/// A request body: knows its API key and the response body that answers it.
+pub trait Request: prost::Message + Default + Send + 'static {
+    const API_KEY: ApiKey;
+    type Response: prost::Message + Default + Send + 'static;
+}
+
+macro_rules! requests {
+    ($($req:ident => $resp:ident : $key:ident),* $(,)?) => {
+        $(impl Request for $req {
+            const API_KEY: ApiKey = ApiKey::$key;
+            type Response = $resp;
+        })*
+    };
+}
+
+requests! {
+    ApiVersionsRequest => ApiVersionsResponse: ApiVersions,
+    MetadataRequest => MetadataResponse: Metadata,
+    CreateTopicsRequest => CreateTopicsResponse: CreateTopics,
+    DeleteTopicsRequest => DeleteTopicsResponse: DeleteTopics,
+    DescribeConfigsRequest => DescribeConfigsResponse: DescribeConfigs,
+    AlterConfigsRequest => AlterConfigsResponse: AlterConfigs,
+    ProduceRequest => ProduceResponse: Produce,
+    FetchRequest => FetchResponse: Fetch,
+    ListOffsetsRequest => ListOffsetsResponse: ListOffsets,
+}
+
+/// `acks` values of a produce request.
+pub mod acks {
+    pub const NONE: i32 = 0;
+    pub const LEADER: i32 = 1;
+    pub const ALL: i32 = -1;
+}
+
+/// Special timestamps of a ListOffsets request.
+pub mod list_offsets {
+    pub const EARLIEST: i64 = -2;
+    pub const LATEST: i64 = -1;
+}

@@ -1,0 +1,156 @@
+//! Wire error codes: the one table every crate maps its errors onto.
+//!
+//! Codes are frozen: a code's number never changes and a retired code is never reused. Each
+//! code says whether a client may retry the same request (possibly after refreshing metadata).
+
+/// An error code as carried in responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    None,
+    /// The broker hit an error it did not expect; the outcome of a write is unknown.
+    UnknownServerError,
+    /// A record batch failed validation (CRC, length, header, record encoding).
+    CorruptMessage,
+    UnknownTopicOrPartition,
+    InvalidTopic,
+    TopicAlreadyExists,
+    InvalidPartitions,
+    InvalidReplicationFactor,
+    InvalidConfig,
+    OffsetOutOfRange,
+    /// A produce request's batches for one partition exceed the append limit.
+    RecordListTooLarge,
+    /// This broker does not lead the partition; the response carries the leader if known.
+    NotLeader,
+    /// The request could not complete in time; for a write, the outcome is unknown.
+    RequestTimedOut,
+    UnsupportedVersion,
+    InvalidRequest,
+    UnsupportedCompression,
+    /// The replica's storage failed or is corrupt.
+    StorageError,
+    BrokerShuttingDown,
+    InvalidRequiredAcks,
+    /// A code this build does not know (from a newer peer).
+    Unknown(i32),
+}
+
+impl ErrorCode {
+    /// The frozen wire number.
+    pub fn code(self) -> i32 {
+        match self {
+            ErrorCode::None => 0,
+            ErrorCode::UnknownServerError => 1,
+            ErrorCode::CorruptMessage => 2,
+            ErrorCode::UnknownTopicOrPartition => 3,
+            ErrorCode::InvalidTopic => 4,
+            ErrorCode::TopicAlreadyExists => 5,
+            ErrorCode::InvalidPartitions => 6,
+            ErrorCode::InvalidReplicationFactor => 7,
+            ErrorCode::InvalidConfig => 8,
+            ErrorCode::OffsetOutOfRange => 9,
+            ErrorCode::RecordListTooLarge => 10,
+            ErrorCode::NotLeader => 11,
+            ErrorCode::RequestTimedOut => 12,
+            ErrorCode::UnsupportedVersion => 13,
+            ErrorCode::InvalidRequest => 14,
+            ErrorCode::UnsupportedCompression => 15,
+            ErrorCode::StorageError => 16,
+            ErrorCode::BrokerShuttingDown => 17,
+            ErrorCode::InvalidRequiredAcks => 18,
+            ErrorCode::Unknown(c) => c,
+        }
+    }
+
+    pub fn from_code(code: i32) -> ErrorCode {
+        match code {
+            0 => ErrorCode::None,
+            1 => ErrorCode::UnknownServerError,
+            2 => ErrorCode::CorruptMessage,
+            3 => ErrorCode::UnknownTopicOrPartition,
+            4 => ErrorCode::InvalidTopic,
+            5 => ErrorCode::TopicAlreadyExists,
+            6 => ErrorCode::InvalidPartitions,
+            7 => ErrorCode::InvalidReplicationFactor,
+            8 => ErrorCode::InvalidConfig,
+            9 => ErrorCode::OffsetOutOfRange,
+            10 => ErrorCode::RecordListTooLarge,
+            11 => ErrorCode::NotLeader,
+            12 => ErrorCode::RequestTimedOut,
+            13 => ErrorCode::UnsupportedVersion,
+            14 => ErrorCode::InvalidRequest,
+            15 => ErrorCode::UnsupportedCompression,
+            16 => ErrorCode::StorageError,
+            17 => ErrorCode::BrokerShuttingDown,
+            18 => ErrorCode::InvalidRequiredAcks,
+            c => ErrorCode::Unknown(c),
+        }
+    }
+
+    pub fn is_ok(self) -> bool {
+        self == ErrorCode::None
+    }
+
+    /// Whether the same request may succeed if sent again (after a metadata refresh for
+    /// leadership errors). Timeouts and unknown server errors are retriable but ambiguous for
+    /// writes: the first attempt may have been applied.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::UnknownTopicOrPartition
+                | ErrorCode::NotLeader
+                | ErrorCode::RequestTimedOut
+                | ErrorCode::StorageError
+                | ErrorCode::BrokerShuttingDown
+                | ErrorCode::UnknownServerError
+        )
+    }
+
+    /// A short name, as Kafka spells it, for messages and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::None => "NONE",
+            ErrorCode::UnknownServerError => "UNKNOWN_SERVER_ERROR",
+            ErrorCode::CorruptMessage => "CORRUPT_MESSAGE",
+            ErrorCode::UnknownTopicOrPartition => "UNKNOWN_TOPIC_OR_PARTITION",
+            ErrorCode::InvalidTopic => "INVALID_TOPIC",
+            ErrorCode::TopicAlreadyExists => "TOPIC_ALREADY_EXISTS",
+            ErrorCode::InvalidPartitions => "INVALID_PARTITIONS",
+            ErrorCode::InvalidReplicationFactor => "INVALID_REPLICATION_FACTOR",
+            ErrorCode::InvalidConfig => "INVALID_CONFIG",
+            ErrorCode::OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
+            ErrorCode::RecordListTooLarge => "RECORD_LIST_TOO_LARGE",
+            ErrorCode::NotLeader => "NOT_LEADER",
+            ErrorCode::RequestTimedOut => "REQUEST_TIMED_OUT",
+            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::UnsupportedCompression => "UNSUPPORTED_COMPRESSION",
+            ErrorCode::StorageError => "STORAGE_ERROR",
+            ErrorCode::BrokerShuttingDown => "BROKER_SHUTTING_DOWN",
+            ErrorCode::InvalidRequiredAcks => "INVALID_REQUIRED_ACKS",
+            ErrorCode::Unknown(_) => "UNKNOWN_CODE",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for c in 0..19 {
+            let e = ErrorCode::from_code(c);
+            assert_eq!(e.code(), c);
+            assert!(seen.insert(e.name()), "duplicate name for {c}");
+        }
+        assert_eq!(ErrorCode::from_code(999), ErrorCode::Unknown(999));
+    }
+}
