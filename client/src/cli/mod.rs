@@ -1,0 +1,1 @@
+//! The `rafka` command-line client (see /work/shared/CONTRACT.md).

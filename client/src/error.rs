@@ -1,0 +1,223 @@
+//! The client's one error type, [`ClientError`], grouped by what the caller can do about it:
+//! retry (connection and timeout errors, retriable broker codes), give up with an *unknown*
+//! outcome (a write that may or may not have been applied), or fix the request (invalid
+//! arguments, non-retriable broker codes).
+//!
+//! Errors are `Clone` because one failed produce request fails every record it carried, and
+//! each record's delivery future gets its own copy.
+
+use rafka_protocol::ErrorCode;
+
+/// Every error the client library reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// No TCP connection could be made. Nothing was sent, so retrying is always safe.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+
+    /// An established connection broke. Requests in flight on it may or may not have been
+    /// processed by the broker.
+    #[error("connection to {addr} lost: {reason}")]
+    ConnectionLost { addr: String, reason: String },
+
+    /// No response came within the request timeout. For a write the outcome is unknown.
+    #[error("{api} request to {addr} timed out after {timeout_ms} ms")]
+    Timeout {
+        api: &'static str,
+        addr: String,
+        timeout_ms: u64,
+    },
+
+    /// A write whose outcome cannot be known: it was sent at least once, the attempts ended in
+    /// timeouts or lost connections, and the delivery timeout expired. The records may have
+    /// been appended; they are *not* known to have failed.
+    #[error("outcome unknown for {topic}-{partition}: {reason}")]
+    OutcomeUnknown {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
+
+    /// Records were never sent before the delivery timeout expired (no leader, or the batch
+    /// waited behind retries): they were certainly not appended.
+    #[error("records for {topic}-{partition} not sent within the delivery timeout: {reason}")]
+    DeliveryTimeout {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
+
+    /// The broker answered with an error code, for a topic or a partition or the whole request.
+    #[error("{}", describe_broker_error(*code, message, topic.as_deref(), *partition))]
+    Broker {
+        code: ErrorCode,
+        message: String,
+        topic: Option<String>,
+        partition: Option<u32>,
+    },
+
+    /// The broker sent bytes this client cannot decode (a bug or a version mismatch).
+    #[error("protocol error from {addr}: {reason}")]
+    Protocol { addr: String, reason: String },
+
+    /// The caller passed something that can never work (no retry will help).
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// A feature this client version does not implement yet.
+    #[error("{0} not implemented yet")]
+    Unsupported(&'static str),
+
+    /// The producer, consumer or connection was closed while the operation was pending.
+    #[error("client closed")]
+    Closed,
+}
+
+impl ClientError {
+    /// A broker error for one partition of a topic.
+    pub fn broker(
+        code: ErrorCode,
+        message: impl Into<String>,
+        topic: &str,
+        partition: u32,
+    ) -> Self {
+        ClientError::Broker {
+            code,
+            message: message.into(),
+            topic: Some(topic.to_owned()),
+            partition: Some(partition),
+        }
+    }
+
+    /// A broker error about a whole topic.
+    pub fn broker_topic(code: ErrorCode, message: impl Into<String>, topic: &str) -> Self {
+        ClientError::Broker {
+            code,
+            message: message.into(),
+            topic: Some(topic.to_owned()),
+            partition: None,
+        }
+    }
+
+    /// Whether the same operation may succeed if tried again (after a metadata refresh for
+    /// leadership errors). A retriable error on a write is still ambiguous: see
+    /// [`ClientError::is_ambiguous`].
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::ConnectionLost { .. }
+            | ClientError::Timeout { .. } => true,
+            ClientError::Broker { code, .. } => code.is_retriable(),
+            ClientError::OutcomeUnknown { .. }
+            | ClientError::DeliveryTimeout { .. }
+            | ClientError::Protocol { .. }
+            | ClientError::InvalidArgument(_)
+            | ClientError::Unsupported(_)
+            | ClientError::Closed => false,
+        }
+    }
+
+    /// Whether a write that ended with this error may nevertheless have been applied.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            ClientError::ConnectionLost { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::OutcomeUnknown { .. } => true,
+            ClientError::Broker { code, .. } => {
+                matches!(
+                    code,
+                    ErrorCode::RequestTimedOut | ErrorCode::UnknownServerError
+                )
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether cached metadata (leaders, partition counts) should be refreshed before retrying.
+    pub fn needs_metadata_refresh(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::ConnectionLost { .. } => true,
+            ClientError::Broker { code, .. } => matches!(
+                code,
+                ErrorCode::NotLeader
+                    | ErrorCode::UnknownTopicOrPartition
+                    | ErrorCode::BrokerShuttingDown
+            ),
+            _ => false,
+        }
+    }
+
+    /// The broker error code, if this error carries one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Broker { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// One readable line for a broker error, e.g.
+/// `topic 'x' does not exist (UNKNOWN_TOPIC_OR_PARTITION)`.
+fn describe_broker_error(
+    code: ErrorCode,
+    message: &str,
+    topic: Option<&str>,
+    partition: Option<u32>,
+) -> String {
+    let subject = match (topic, partition) {
+        (Some(t), Some(p)) => format!("partition {t}-{p}"),
+        (Some(t), None) => format!("topic '{t}'"),
+        _ => "request".to_owned(),
+    };
+    let what = match code {
+        ErrorCode::UnknownTopicOrPartition => match (topic, partition) {
+            (Some(t), Some(p)) => format!("partition {p} of topic '{t}' does not exist"),
+            _ => format!("{subject} does not exist"),
+        },
+        ErrorCode::TopicAlreadyExists => format!("{subject} already exists"),
+        ErrorCode::NotLeader => format!("{subject}: broker is not the leader"),
+        ErrorCode::OffsetOutOfRange => format!("{subject}: offset out of range"),
+        _ => format!("{subject} failed"),
+    };
+    if message.is_empty() {
+        format!("{what} ({})", code.name())
+    } else {
+        format!("{what}: {message} ({})", code.name())
+    }
+}
+
+/// The client's result type.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_errors_read_as_one_line() {
+        let e = ClientError::broker_topic(ErrorCode::UnknownTopicOrPartition, "", "x");
+        assert_eq!(
+            e.to_string(),
+            "topic 'x' does not exist (UNKNOWN_TOPIC_OR_PARTITION)"
+        );
+        let e = ClientError::broker(ErrorCode::InvalidConfig, "bad retention.ms", "t", 2);
+        assert_eq!(
+            e.to_string(),
+            "partition t-2 failed: bad retention.ms (INVALID_CONFIG)"
+        );
+    }
+
+    #[test]
+    fn classification() {
+        let lost = ClientError::ConnectionLost {
+            addr: "a".into(),
+            reason: "eof".into(),
+        };
+        assert!(lost.is_retriable() && lost.is_ambiguous() && lost.needs_metadata_refresh());
+        let nl = ClientError::broker(ErrorCode::NotLeader, "", "t", 0);
+        assert!(nl.is_retriable() && !nl.is_ambiguous() && nl.needs_metadata_refresh());
+        let bad = ClientError::broker(ErrorCode::CorruptMessage, "", "t", 0);
+        assert!(!bad.is_retriable());
+        assert!(!ClientError::InvalidArgument("x".into()).is_retriable());
+    }
+}

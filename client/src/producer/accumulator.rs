@@ -1,0 +1,564 @@
+//! The record accumulator: per-partition queues of batches waiting to be sent.
+//!
+//! This is plain state with no I/O and logical time (every method takes `now`), owned by the
+//! producer under one mutex and tested without sockets. It decides
+//! - which batch a record joins (the open batch of its partition while it fits under
+//!   `batch_bytes`, else a new one), and which partition unkeyed records go to (the sticky
+//!   [`Partitioner`], told whenever a batch closes);
+//! - which partitions have a batch ready to send (full, lingered long enough, being flushed, or
+//!   a retry whose backoff ended), never more than one in flight per partition, so that retries
+//!   cannot reorder a partition's records;
+//! - which waiting batches expired their delivery timeout.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rafka_protocol::batch::HEADER_BYTES;
+use rafka_protocol::{BatchBuilder, BatchOptions, Header, Timestamp};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::cluster::TopicPartition;
+use crate::error::{ClientError, Result};
+use crate::partitioner::Partitioner;
+use crate::producer::RecordMetadata;
+
+/// Initial buffer of a new batch: most batches are small, and a batch grows as it fills.
+const BATCH_INITIAL_CAPACITY_BYTES: usize = 16 << 10;
+
+/// One record's caller, waiting for the outcome.
+pub(crate) type Completion = oneshot::Sender<Result<RecordMetadata>>;
+
+/// A batch of records for one partition, open (still taking records) or closed.
+pub(crate) struct ProducerBatch {
+    pub tp: TopicPartition,
+    /// Partitions the topic had when the batch was created, for the sticky partitioner.
+    partitions_in_topic: u32,
+    /// `Some` while open.
+    builder: Option<BatchBuilder>,
+    /// The encoded batch, once closed.
+    bytes: Option<Bytes>,
+    /// One completion per record, in offset order.
+    pub completions: Vec<Completion>,
+    /// Buffer-memory permits held by the records; released when the batch completes.
+    pub reserved_bytes: usize,
+    pub created: Instant,
+    /// When the records' delivery timeout expires.
+    pub deadline: Instant,
+    /// Attempts made so far (0 until first sent).
+    pub attempts: u32,
+    /// Whether some attempt ended without knowing if the broker appended the batch.
+    pub ambiguous: bool,
+    /// The error of the last failed attempt, for the final error message.
+    pub last_error: Option<ClientError>,
+    /// Dropped when the batch is dropped (completed); `flush` waits on its receivers.
+    _done: watch::Sender<()>,
+    done_rx: watch::Receiver<()>,
+}
+
+impl ProducerBatch {
+    fn is_open(&self) -> bool {
+        self.builder.is_some()
+    }
+
+    /// Closes the batch (builds its bytes) if still open; returns whether it was open.
+    fn close(&mut self) -> bool {
+        match self.builder.take() {
+            Some(b) => {
+                self.bytes = Some(b.build());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The encoded batch. Only closed batches leave the accumulator, so this is always set
+    /// there; an empty buffer would be rejected by the broker rather than panic here.
+    pub fn bytes(&self) -> Bytes {
+        self.bytes.clone().unwrap_or_default()
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.completions.len()
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        match (&self.builder, &self.bytes) {
+            (Some(b), _) => b.size_bytes(),
+            (None, Some(b)) => b.len(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Completes every record with its offset (`base_offset` None for acks=0).
+    pub fn succeed(self, base_offset: Option<u64>) {
+        for (i, tx) in self.completions.into_iter().enumerate() {
+            let _ = tx.send(Ok(RecordMetadata {
+                topic: self.tp.topic.clone(),
+                partition: self.tp.partition,
+                offset: base_offset.map(|b| rafka_protocol::Offset(b + i as u64)),
+            }));
+        }
+    }
+
+    /// Fails every record with `error`.
+    pub fn fail(self, error: ClientError) {
+        for tx in self.completions {
+            let _ = tx.send(Err(error.clone()));
+        }
+    }
+
+    /// The error to report when the batch gives up with `error`: an outcome that is not known
+    /// is reported as unknown, never as failed (an earlier attempt may have been appended).
+    pub fn final_error(&self, error: ClientError) -> ClientError {
+        if self.ambiguous || error.is_ambiguous() {
+            ClientError::OutcomeUnknown {
+                topic: self.tp.topic.clone(),
+                partition: self.tp.partition,
+                reason: error.to_string(),
+            }
+        } else {
+            error
+        }
+    }
+}
+
+/// The batches of one partition.
+#[derive(Default)]
+struct PartitionQueue {
+    /// Oldest first; only the last one may be open.
+    batches: VecDeque<ProducerBatch>,
+    /// Set while a batch of this partition is being sent: its completion signal.
+    in_flight: Option<watch::Receiver<()>>,
+    /// A retried batch waits until then.
+    backoff_until: Option<Instant>,
+}
+
+/// One record to append.
+pub(crate) struct NewRecord<'a> {
+    pub timestamp: Option<Timestamp>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [Header],
+    pub completion: Completion,
+    pub reserved_bytes: usize,
+}
+
+/// What an append did, so the producer knows whether to wake the sender.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Appended {
+    pub partition: u32,
+    /// A batch was created or became full: the sender's timers need a look.
+    pub wake_sender: bool,
+}
+
+/// What the sender should do now.
+pub(crate) struct Ready {
+    /// Partitions with a batch to send now, none of them in flight.
+    pub partitions: Vec<TopicPartition>,
+    /// When to look again if nothing else happens.
+    pub next_check: Option<Instant>,
+}
+
+pub(crate) struct Accumulator {
+    batch_bytes: usize,
+    linger: Duration,
+    delivery_timeout: Duration,
+    queues: HashMap<TopicPartition, PartitionQueue>,
+    partitioner: Partitioner,
+    /// `flush` calls waiting: while positive every batch is ready at once.
+    flushing: usize,
+    /// No more appends; send everything now.
+    closed: bool,
+}
+
+impl Accumulator {
+    pub fn new(batch_bytes: usize, linger: Duration, delivery_timeout: Duration) -> Accumulator {
+        Accumulator {
+            batch_bytes,
+            linger,
+            delivery_timeout,
+            queues: HashMap::new(),
+            partitioner: Partitioner::default(),
+            flushing: 0,
+            closed: false,
+        }
+    }
+
+    #[cfg(test)]
+    fn with_partitioner(mut self, partitioner: Partitioner) -> Accumulator {
+        self.partitioner = partitioner;
+        self
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Whether nothing is queued or in flight.
+    pub fn is_empty(&self) -> bool {
+        self.queues
+            .values()
+            .all(|q| q.batches.is_empty() && q.in_flight.is_none())
+    }
+
+    /// Appends a record to `topic`, to `partition` or a partitioner-chosen one.
+    pub fn append(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        partitions_in_topic: u32,
+        record: NewRecord<'_>,
+        now: Instant,
+    ) -> Result<Appended> {
+        if self.closed {
+            return Err(ClientError::Closed);
+        }
+        let partition = match partition {
+            Some(p) => p,
+            None => self
+                .partitioner
+                .partition(topic, record.key, partitions_in_topic),
+        };
+        let tp = TopicPartition::new(topic, partition);
+        let estimate =
+            BatchBuilder::estimated_record_bytes(record.key, record.value, record.headers);
+        let queue = self.queues.entry(tp.clone()).or_default();
+        let mut wake_sender = false;
+        let fits = queue.batches.back().is_some_and(|b| {
+            b.builder
+                .as_ref()
+                .is_some_and(|builder| builder.size_bytes() + estimate <= self.batch_bytes)
+        });
+        if !fits {
+            if let Some(last) = queue.batches.back_mut() {
+                if last.close() {
+                    self.partitioner
+                        .on_batch_closed(topic, partition, last.partitions_in_topic);
+                }
+            }
+            let capacity = (HEADER_BYTES + estimate)
+                .max(BATCH_INITIAL_CAPACITY_BYTES)
+                .min(self.batch_bytes.max(HEADER_BYTES + estimate));
+            let (done, done_rx) = watch::channel(());
+            queue.batches.push_back(ProducerBatch {
+                tp: tp.clone(),
+                partitions_in_topic,
+                builder: Some(BatchBuilder::with_capacity(
+                    BatchOptions::default(),
+                    capacity,
+                )),
+                bytes: None,
+                completions: Vec::new(),
+                reserved_bytes: 0,
+                created: now,
+                deadline: now + self.delivery_timeout,
+                attempts: 0,
+                ambiguous: false,
+                last_error: None,
+                _done: done,
+                done_rx,
+            });
+            wake_sender = true;
+        }
+        let Some(batch) = queue.batches.back_mut() else {
+            unreachable!("a batch was pushed above");
+        };
+        let Some(builder) = batch.builder.as_mut() else {
+            unreachable!("the last batch is open: it fit, or was just created");
+        };
+        builder.append(record.timestamp, record.key, record.value, record.headers);
+        batch.completions.push(record.completion);
+        batch.reserved_bytes += record.reserved_bytes;
+        if builder.size_bytes() >= self.batch_bytes {
+            batch.close();
+            self.partitioner
+                .on_batch_closed(topic, partition, batch.partitions_in_topic);
+            wake_sender = true;
+        }
+        Ok(Appended {
+            partition,
+            wake_sender,
+        })
+    }
+
+    /// Partitions whose first batch should be sent now, and when to check again.
+    pub fn ready(&self, now: Instant) -> Ready {
+        let mut partitions = Vec::new();
+        let mut next_check: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            next_check = Some(next_check.map_or(t, |n| n.min(t)));
+        };
+        for (tp, q) in &self.queues {
+            let Some(first) = q.batches.front() else {
+                continue;
+            };
+            if q.in_flight.is_some() {
+                continue;
+            }
+            consider(first.deadline);
+            if let Some(until) = q.backoff_until.filter(|&u| u > now) {
+                consider(until);
+                continue;
+            }
+            let linger_end = first.created + self.linger;
+            let ready = !first.is_open()
+                || q.batches.len() > 1
+                || first.attempts > 0
+                || self.flushing > 0
+                || self.closed
+                || now >= linger_end;
+            if ready {
+                partitions.push(tp.clone());
+            } else {
+                consider(linger_end);
+            }
+        }
+        // Oldest-first keeps latency fair when requests are capped in size.
+        partitions.sort_by_key(|tp| self.queues[tp].batches.front().map(|b| b.created));
+        Ready {
+            partitions,
+            next_check,
+        }
+    }
+
+    /// Takes the first batch of `tp` for sending (closing it if open) and marks the partition
+    /// in flight.
+    pub fn take(&mut self, tp: &TopicPartition) -> Option<ProducerBatch> {
+        let queue = self.queues.get_mut(tp)?;
+        if queue.in_flight.is_some() {
+            return None;
+        }
+        let mut batch = queue.batches.pop_front()?;
+        if batch.close() {
+            self.partitioner
+                .on_batch_closed(&tp.topic, tp.partition, batch.partitions_in_topic);
+        }
+        queue.in_flight = Some(batch.done_rx.clone());
+        queue.backoff_until = None;
+        Some(batch)
+    }
+
+    /// Puts a batch whose attempt failed back at the head of its queue, to be resent after
+    /// `backoff_until`; ahead of every later batch, so the partition's order holds.
+    pub fn requeue(&mut self, batch: ProducerBatch, backoff_until: Instant) {
+        let queue = self.queues.entry(batch.tp.clone()).or_default();
+        queue.in_flight = None;
+        queue.backoff_until = Some(backoff_until);
+        queue.batches.push_front(batch);
+    }
+
+    /// Marks the in-flight batch of `tp` as finished (succeeded or failed for good).
+    pub fn finish(&mut self, tp: &TopicPartition) {
+        if let Some(queue) = self.queues.get_mut(tp) {
+            queue.in_flight = None;
+            if queue.batches.is_empty() {
+                self.queues.remove(tp);
+            }
+        }
+    }
+
+    /// Removes the waiting (not in-flight) batches whose delivery timeout expired.
+    pub fn expire(&mut self, now: Instant) -> Vec<ProducerBatch> {
+        let mut expired = Vec::new();
+        for q in self.queues.values_mut() {
+            if q.in_flight.is_some() {
+                continue;
+            }
+            while q.batches.front().is_some_and(|b| b.deadline <= now) {
+                if let Some(mut b) = q.batches.pop_front() {
+                    b.close();
+                    expired.push(b);
+                }
+            }
+        }
+        self.queues
+            .retain(|_, q| !q.batches.is_empty() || q.in_flight.is_some());
+        expired
+    }
+
+    /// Starts a flush: every batch is ready from now until [`Accumulator::end_flush`]. Returns
+    /// the completion signals of every batch queued or in flight now.
+    pub fn begin_flush(&mut self) -> Vec<watch::Receiver<()>> {
+        self.flushing += 1;
+        let mut signals = Vec::new();
+        for q in self.queues.values() {
+            signals.extend(q.in_flight.iter().cloned());
+            signals.extend(q.batches.iter().map(|b| b.done_rx.clone()));
+        }
+        signals
+    }
+
+    pub fn end_flush(&mut self) {
+        self.flushing = self.flushing.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(value: &[u8]) -> (NewRecord<'_>, oneshot::Receiver<Result<RecordMetadata>>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            NewRecord {
+                timestamp: Some(Timestamp(1)),
+                key: None,
+                value: Some(value),
+                headers: &[],
+                completion: tx,
+                reserved_bytes: value.len(),
+            },
+            rx,
+        )
+    }
+
+    fn acc(batch_bytes: usize) -> Accumulator {
+        Accumulator::new(
+            batch_bytes,
+            Duration::from_millis(5),
+            Duration::from_secs(120),
+        )
+        .with_partitioner(Partitioner::with_seed(3))
+    }
+
+    #[test]
+    fn records_linger_then_go_as_one_batch() {
+        let t0 = Instant::now();
+        let mut a = acc(1 << 20);
+        let mut rxs = Vec::new();
+        for _ in 0..3 {
+            let (r, rx) = record(b"hello");
+            let appended = a.append("t", Some(0), 1, r, t0).unwrap();
+            assert_eq!(appended.partition, 0);
+            rxs.push(rx);
+        }
+        let ready = a.ready(t0);
+        assert!(ready.partitions.is_empty());
+        assert_eq!(ready.next_check, Some(t0 + Duration::from_millis(5)));
+        let ready = a.ready(t0 + Duration::from_millis(5));
+        assert_eq!(ready.partitions, vec![TopicPartition::new("t", 0)]);
+        let batch = a.take(&TopicPartition::new("t", 0)).unwrap();
+        assert_eq!(batch.record_count(), 3);
+        assert_eq!(batch.reserved_bytes, 15);
+        let parsed = rafka_protocol::RecordBatch::parse(batch.bytes()).unwrap();
+        assert_eq!(parsed.header().record_count, 3);
+        batch.succeed(Some(10));
+        let offsets: Vec<_> = rxs
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap().unwrap().offset.unwrap().0)
+            .collect();
+        assert_eq!(offsets, vec![10, 11, 12]);
+    }
+
+    #[test]
+    fn a_full_batch_is_ready_at_once_and_a_new_one_opens() {
+        let t0 = Instant::now();
+        let mut a = acc(200);
+        let value = [7u8; 60];
+        let mut wakes = 0;
+        let mut keep = Vec::new();
+        for _ in 0..4 {
+            let (r, rx) = record(&value);
+            keep.push(rx);
+            wakes += usize::from(a.append("t", Some(0), 1, r, t0).unwrap().wake_sender);
+        }
+        assert!(
+            wakes >= 2,
+            "the first batch and its successor both wake the sender"
+        );
+        let ready = a.ready(t0);
+        assert_eq!(ready.partitions.len(), 1);
+        let first = a.take(&TopicPartition::new("t", 0)).unwrap();
+        assert!(first.size_bytes() <= 200);
+        // One batch in flight per partition: the second waits even though it exists.
+        assert!(a.ready(t0 + Duration::from_secs(1)).partitions.is_empty());
+        a.finish(&first.tp);
+        assert_eq!(a.ready(t0 + Duration::from_secs(1)).partitions.len(), 1);
+    }
+
+    #[test]
+    fn a_requeued_batch_goes_first_after_its_backoff() {
+        let t0 = Instant::now();
+        let mut a = acc(1 << 20);
+        let tp = TopicPartition::new("t", 0);
+        let (r1, _rx1) = record(b"first");
+        a.append("t", Some(0), 1, r1, t0).unwrap();
+        let mut first = a.take(&tp).unwrap();
+        let (r2, _rx2) = record(b"second");
+        a.append("t", Some(0), 1, r2, t0).unwrap();
+        first.attempts += 1;
+        let backoff = t0 + Duration::from_millis(100);
+        a.requeue(first, backoff);
+        assert!(a
+            .ready(t0 + Duration::from_millis(50))
+            .partitions
+            .is_empty());
+        let again = a.take(&tp).unwrap();
+        assert_eq!(
+            again.attempts, 1,
+            "the retried batch comes before the newer one"
+        );
+        let values: Vec<_> = rafka_protocol::RecordBatch::parse(again.bytes())
+            .unwrap()
+            .records()
+            .map(|r| r.unwrap().value.unwrap())
+            .collect();
+        assert_eq!(values, vec![Bytes::from_static(b"first")]);
+    }
+
+    #[test]
+    fn unkeyed_records_move_on_when_a_batch_closes() {
+        let t0 = Instant::now();
+        let mut a = acc(1 << 20);
+        let (r, _rx) = record(b"x");
+        let p1 = a.append("t", None, 4, r, t0).unwrap().partition;
+        let (r, _rx2) = record(b"y");
+        assert_eq!(a.append("t", None, 4, r, t0).unwrap().partition, p1);
+        let batch = a.take(&TopicPartition::new("t", p1)).unwrap();
+        let (r, _rx3) = record(b"z");
+        let p2 = a.append("t", None, 4, r, t0).unwrap().partition;
+        assert_ne!(p1, p2);
+        drop(batch);
+    }
+
+    #[test]
+    fn expired_batches_are_removed_and_flush_sees_everything() {
+        let t0 = Instant::now();
+        let mut a = acc(1 << 20);
+        let (r, _rx) = record(b"x");
+        a.append("t", Some(1), 2, r, t0).unwrap();
+        let signals = a.begin_flush();
+        assert_eq!(signals.len(), 1);
+        assert_eq!(a.ready(t0).partitions.len(), 1, "flushing ignores linger");
+        a.end_flush();
+        let expired = a.expire(t0 + Duration::from_secs(121));
+        assert_eq!(expired.len(), 1);
+        assert!(a.is_empty());
+        drop(expired);
+        // The batch is gone, so the flush signal has closed.
+        assert!(signals[0].has_changed().is_err());
+    }
+
+    #[test]
+    fn an_ambiguous_attempt_makes_the_final_error_unknown() {
+        let t0 = Instant::now();
+        let mut a = acc(1 << 20);
+        let (r, _rx) = record(b"x");
+        a.append("t", Some(0), 1, r, t0).unwrap();
+        let mut batch = a.take(&TopicPartition::new("t", 0)).unwrap();
+        batch.ambiguous = true;
+        let e = batch.final_error(ClientError::broker(
+            rafka_protocol::ErrorCode::NotLeader,
+            "",
+            "t",
+            0,
+        ));
+        assert!(matches!(e, ClientError::OutcomeUnknown { .. }));
+    }
+}

@@ -1,0 +1,361 @@
+//! The producer: [`Producer`] accepts records, batches them per partition and sends them.
+//!
+//! `send` picks the partition, waits for buffer memory (backpressure once
+//! `buffer_bytes_max` is queued) and appends the record to the [`accumulator`]; it returns a
+//! [`DeliveryFuture`] that resolves when the broker acknowledged the record (or the producer
+//! gave up). One background task, the [`sender`], owns sending: it drains ready batches,
+//! groups them by leader into produce requests and handles each partition's result on its
+//! own (retry, redirect, complete), keeping at most one batch in flight per partition so that
+//! retries never reorder a partition.
+//!
+//! The producer stops when its last handle is dropped, after sending what was queued.
+
+mod accumulator;
+mod sender;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rafka_protocol::batch::HEADER_BYTES;
+use rafka_protocol::{BatchBuilder, Header, Offset, Timestamp};
+use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::time::Instant;
+
+use crate::cluster::{ClientConfig, Cluster, BOOTSTRAP_DEFAULT};
+use crate::connection::{lock, ConnectionConfig};
+use crate::error::{ClientError, Result};
+use accumulator::{Accumulator, NewRecord};
+
+/// Largest produce request the sender builds, well under the 16 MiB frame limit so protobuf
+/// overhead never pushes a request over it. A single record must fit in it.
+pub const REQUEST_BYTES_MAX: usize = 8 << 20;
+
+/// How many replicas must have a record before the broker acknowledges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// No acknowledgement at all: the broker never answers; offsets are unknown.
+    None,
+    /// The leader appended it.
+    Leader,
+    /// Every in-sync replica (a majority of the Raft group) has it.
+    All,
+}
+
+impl Acks {
+    pub fn wire(self) -> i32 {
+        match self {
+            Acks::None => rafka_protocol::api::acks::NONE,
+            Acks::Leader => rafka_protocol::api::acks::LEADER,
+            Acks::All => rafka_protocol::api::acks::ALL,
+        }
+    }
+}
+
+/// Producer settings. Defaults follow Kafka's where they exist.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap: String,
+    pub client_id: String,
+    pub acks: Acks,
+    /// How long a non-full batch waits for more records before it is sent.
+    pub linger_ms: u64,
+    /// Target size of one batch; a larger single record gets a batch of its own.
+    pub batch_bytes: usize,
+    /// Produce requests in flight per broker connection.
+    pub max_in_flight: usize,
+    /// Attempts after the first; `None` retries until the delivery timeout.
+    pub retries: Option<u32>,
+    pub retry_backoff_ms: u64,
+    /// Longest wait for one produce response; after it the attempt's outcome is unknown.
+    pub request_timeout_ms: u64,
+    /// Longest time from `send` to the final outcome, retries included.
+    pub delivery_timeout_ms: u64,
+    /// Record bytes queued or in flight at most; `send` waits while this is reached.
+    pub buffer_bytes_max: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            bootstrap: BOOTSTRAP_DEFAULT.to_owned(),
+            client_id: "rafka-producer".to_owned(),
+            acks: Acks::All,
+            linger_ms: 5,
+            batch_bytes: 1 << 20,
+            max_in_flight: 5,
+            retries: None,
+            retry_backoff_ms: 100,
+            request_timeout_ms: 30_000,
+            delivery_timeout_ms: 120_000,
+            buffer_bytes_max: 64 << 20,
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// Checks how the limits relate.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |m: String| Err(ClientError::InvalidArgument(m));
+        if self.batch_bytes == 0 || self.batch_bytes > REQUEST_BYTES_MAX {
+            return invalid(format!(
+                "batch_bytes must be in 1..={REQUEST_BYTES_MAX}, not {}",
+                self.batch_bytes
+            ));
+        }
+        if self.buffer_bytes_max < self.batch_bytes {
+            return invalid(format!(
+                "buffer_bytes_max ({}) must be at least batch_bytes ({})",
+                self.buffer_bytes_max, self.batch_bytes
+            ));
+        }
+        // Semaphore permits are counted in u32 by `acquire_many`.
+        if self.buffer_bytes_max > u32::MAX as usize {
+            return invalid("buffer_bytes_max must be below 4 GiB".into());
+        }
+        if self.max_in_flight == 0 {
+            return invalid("max_in_flight must be at least 1".into());
+        }
+        if self.delivery_timeout_ms < self.linger_ms + self.request_timeout_ms {
+            return invalid(format!(
+                "delivery_timeout_ms ({}) must be at least linger_ms + request_timeout_ms ({})",
+                self.delivery_timeout_ms,
+                self.linger_ms + self.request_timeout_ms
+            ));
+        }
+        Ok(())
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            bootstrap: self.bootstrap.clone(),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            retry_backoff: Duration::from_millis(self.retry_backoff_ms),
+            connection: ConnectionConfig {
+                client_id: self.client_id.clone(),
+                in_flight_max: self.max_in_flight,
+                ..ConnectionConfig::default()
+            },
+        }
+    }
+}
+
+/// A record to send.
+#[derive(Debug, Clone, Default)]
+pub struct ProducerRecord {
+    pub topic: String,
+    /// `None`: by key hash, or sticky for unkeyed records.
+    pub partition: Option<u32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+    /// `None`: the time of `send`.
+    pub timestamp: Option<Timestamp>,
+}
+
+impl ProducerRecord {
+    /// An unkeyed record with a value.
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> ProducerRecord {
+        ProducerRecord {
+            topic: topic.into(),
+            value: Some(value.into()),
+            ..ProducerRecord::default()
+        }
+    }
+
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> ProducerRecord {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn with_partition(mut self, partition: u32) -> ProducerRecord {
+        self.partition = Some(partition);
+        self
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub topic: String,
+    pub partition: u32,
+    /// `None` with acks=0, where the broker never says.
+    pub offset: Option<Offset>,
+}
+
+/// Resolves to the outcome of one sent record.
+#[must_use = "a record's outcome is only known by awaiting its DeliveryFuture"]
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<RecordMetadata>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+/// State shared by the handles and the sender task.
+struct Shared {
+    cluster: Cluster,
+    config: ProducerConfig,
+    accumulator: Mutex<Accumulator>,
+    /// One permit per byte of record data queued or in flight.
+    memory: Arc<Semaphore>,
+    /// Wakes the sender: a new or full batch, a flush, a finished request.
+    wake: Notify,
+    /// Set while a metadata refresh for unknown leaders runs, so only one runs at a time.
+    refreshing: AtomicBool,
+}
+
+/// Closes the accumulator when the last handle goes, so the sender drains and exits.
+struct HandleGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        lock(&self.shared.accumulator).close();
+        self.shared.wake.notify_one();
+    }
+}
+
+/// A producer handle; clones share the same batches, connections and sender task.
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    _guard: Arc<HandleGuard>,
+}
+
+impl Producer {
+    /// Creates a producer and starts its sender task (needs a Tokio runtime). Connects lazily.
+    pub fn new(config: ProducerConfig) -> Result<Producer> {
+        config.validate()?;
+        let cluster = Cluster::new(config.client_config())?;
+        let accumulator = Accumulator::new(
+            config.batch_bytes,
+            Duration::from_millis(config.linger_ms),
+            Duration::from_millis(config.delivery_timeout_ms),
+        );
+        let shared = Arc::new(Shared {
+            cluster,
+            memory: Arc::new(Semaphore::new(config.buffer_bytes_max)),
+            config,
+            accumulator: Mutex::new(accumulator),
+            wake: Notify::new(),
+            refreshing: AtomicBool::new(false),
+        });
+        tokio::spawn(sender::run(shared.clone()));
+        Ok(Producer {
+            _guard: Arc::new(HandleGuard {
+                shared: shared.clone(),
+            }),
+            shared,
+        })
+    }
+
+    /// Queues `record` and returns a future for its outcome. Waits while the buffer is full.
+    /// Fails at once if the topic or partition does not exist or the record is too large.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let estimate = BatchBuilder::estimated_record_bytes(
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &record.headers,
+        );
+        let limit = REQUEST_BYTES_MAX
+            .min(self.shared.config.buffer_bytes_max)
+            .saturating_sub(HEADER_BYTES);
+        if estimate > limit {
+            return Err(ClientError::InvalidArgument(format!(
+                "record of about {estimate} bytes exceeds the {limit}-byte limit"
+            )));
+        }
+        let topic = self.shared.cluster.topic(&record.topic).await?;
+        let partitions = topic.partitions.len() as u32;
+        if partitions == 0 {
+            return Err(ClientError::broker_topic(
+                rafka_protocol::ErrorCode::UnknownTopicOrPartition,
+                "topic has no partitions",
+                &record.topic,
+            ));
+        }
+        if let Some(p) = record.partition.filter(|&p| p >= partitions) {
+            return Err(ClientError::InvalidArgument(format!(
+                "partition {p} does not exist: topic '{}' has {partitions} partitions",
+                record.topic
+            )));
+        }
+        // Backpressure: wait for buffer memory before queuing. Permits are forgotten here and
+        // added back when the record's batch completes.
+        let permits = self
+            .shared
+            .memory
+            .acquire_many(estimate as u32)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        permits.forget();
+        let (tx, rx) = oneshot::channel();
+        let appended = {
+            let mut acc = lock(&self.shared.accumulator);
+            acc.append(
+                &record.topic,
+                record.partition,
+                partitions,
+                NewRecord {
+                    timestamp: Some(record.timestamp.unwrap_or_else(Timestamp::now)),
+                    key: record.key.as_deref(),
+                    value: record.value.as_deref(),
+                    headers: &record.headers,
+                    completion: tx,
+                    reserved_bytes: estimate,
+                },
+                Instant::now(),
+            )
+        };
+        match appended {
+            Ok(a) => {
+                if a.wake_sender {
+                    self.shared.wake.notify_one();
+                }
+                Ok(DeliveryFuture { rx })
+            }
+            Err(e) => {
+                self.shared.memory.add_permits(estimate);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends every record queued so far without waiting for linger, and waits until each has
+    /// an outcome (read the outcomes from their [`DeliveryFuture`]s).
+    pub async fn flush(&self) {
+        let signals = lock(&self.shared.accumulator).begin_flush();
+        // Ends the flush even if this future is dropped half-way.
+        struct EndFlush<'a>(&'a Shared);
+        impl Drop for EndFlush<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.accumulator).end_flush();
+            }
+        }
+        let _end = EndFlush(&self.shared);
+        self.shared.wake.notify_one();
+        for mut signal in signals {
+            // Nothing is ever sent on the channel: `changed` returns when the batch is dropped.
+            let _ = signal.changed().await;
+        }
+    }
+
+    /// The cluster view this producer uses (metadata, connections).
+    pub fn cluster(&self) -> &Cluster {
+        &self.shared.cluster
+    }
+}

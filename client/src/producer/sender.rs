@@ -1,0 +1,266 @@
+//! The producer's sender task: turns ready batches into produce requests and their responses
+//! into record outcomes.
+//!
+//! The loop owns no state of its own: it asks the accumulator which partitions are ready,
+//! takes their batches, groups them by the partition leader (several partitions led by one
+//! broker share a request, capped at [`REQUEST_BYTES_MAX`]) and spawns one task per request.
+//! That task handles each partition's result on its own: success completes the records,
+//! a retriable error puts the batch back at the head of its queue after a backoff (with the
+//! leader forgotten, or set from the NOT_LEADER hint), anything else fails the records.
+//! Requests in flight are bounded by the connection's semaphore and by "one batch in flight
+//! per partition".
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rafka_protocol::messages::{ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic};
+use rafka_protocol::ErrorCode;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::accumulator::ProducerBatch;
+use super::{Acks, Shared, REQUEST_BYTES_MAX};
+use crate::cluster::{BrokerId, TopicPartition};
+use crate::connection::lock;
+use crate::error::ClientError;
+
+/// How long the loop sleeps when nothing is scheduled: only a safety net, as every event that
+/// matters (append, flush, completion) wakes it.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+pub(super) async fn run(shared: Arc<Shared>) {
+    loop {
+        let now = Instant::now();
+        let mut by_broker: BTreeMap<BrokerId, Vec<ProducerBatch>> = BTreeMap::new();
+        let mut leaderless = false;
+        let (expired, next_check, done) = {
+            let mut acc = lock(&shared.accumulator);
+            let expired = acc.expire(now);
+            let ready = acc.ready(now);
+            for tp in ready.partitions {
+                match shared.cluster.cached_leader(&tp) {
+                    Some(leader) => {
+                        if let Some(batch) = acc.take(&tp) {
+                            by_broker.entry(leader).or_default().push(batch);
+                        }
+                    }
+                    None => leaderless = true,
+                }
+            }
+            (expired, ready.next_check, acc.is_closed() && acc.is_empty())
+        };
+        for batch in expired {
+            let reason = batch
+                .last_error
+                .as_ref()
+                .map_or_else(|| "no leader available".to_owned(), ToString::to_string);
+            let error = if batch.ambiguous {
+                ClientError::OutcomeUnknown {
+                    topic: batch.tp.topic.clone(),
+                    partition: batch.tp.partition,
+                    reason: format!("delivery timeout expired; last attempt: {reason}"),
+                }
+            } else {
+                ClientError::DeliveryTimeout {
+                    topic: batch.tp.topic.clone(),
+                    partition: batch.tp.partition,
+                    reason,
+                }
+            };
+            release(&shared, batch.reserved_bytes);
+            batch.fail(error);
+        }
+        for (leader, batches) in by_broker {
+            for request in split_by_size(batches) {
+                let records: usize = request.iter().map(ProducerBatch::record_count).sum();
+                let span = tracing::debug_span!(
+                    "produce",
+                    broker = %leader,
+                    batches = request.len(),
+                    records
+                );
+                tokio::spawn(send_request(shared.clone(), leader, request).instrument(span));
+            }
+        }
+        if done {
+            tracing::debug!("producer closed and drained; sender stops");
+            return;
+        }
+        let mut wake_at = next_check.unwrap_or(now + IDLE_CHECK);
+        if leaderless {
+            refresh_metadata_in_background(&shared);
+            wake_at = wake_at.min(now + Duration::from_millis(shared.config.retry_backoff_ms));
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
+        }
+    }
+}
+
+/// Splits one broker's batches into requests of at most [`REQUEST_BYTES_MAX`] record bytes.
+fn split_by_size(batches: Vec<ProducerBatch>) -> Vec<Vec<ProducerBatch>> {
+    let mut requests = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for b in batches {
+        let size = b.size_bytes();
+        if !current.is_empty() && bytes + size > REQUEST_BYTES_MAX {
+            requests.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(b);
+    }
+    if !current.is_empty() {
+        requests.push(current);
+    }
+    requests
+}
+
+fn release(shared: &Shared, bytes: usize) {
+    shared.memory.add_permits(bytes);
+}
+
+/// Refreshes metadata for the producer's topics once, then wakes the sender.
+fn refresh_metadata_in_background(shared: &Arc<Shared>) {
+    if shared.refreshing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = shared.cluster.refresh_metadata(&[]).await {
+            tracing::debug!(error = %e, "metadata refresh failed");
+        }
+        shared.refreshing.store(false, Ordering::Release);
+        shared.wake.notify_one();
+    });
+}
+
+async fn send_request(shared: Arc<Shared>, leader: BrokerId, batches: Vec<ProducerBatch>) {
+    let config = &shared.config;
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let mut topics: BTreeMap<&str, Vec<ProducePartition>> = BTreeMap::new();
+    for b in &batches {
+        topics
+            .entry(b.tp.topic.as_str())
+            .or_default()
+            .push(ProducePartition {
+                partition: b.tp.partition,
+                records: b.bytes(),
+            });
+    }
+    let request = ProduceRequest {
+        acks: config.acks.wire(),
+        timeout_ms: config.request_timeout_ms.min(u64::from(u32::MAX)) as u32,
+        topics: topics
+            .into_iter()
+            .map(|(name, partitions)| ProduceTopic {
+                name: name.to_owned(),
+                partitions,
+            })
+            .collect(),
+    };
+    let conn = match shared.cluster.connection(leader).await {
+        Ok(c) => c,
+        Err(e) => {
+            for b in batches {
+                handle_failure(&shared, b, e.clone());
+            }
+            return;
+        }
+    };
+    if config.acks == Acks::None {
+        let sent = conn.send_no_response(request).await;
+        for b in batches {
+            match &sent {
+                Ok(()) => complete(&shared, b, None),
+                Err(e) => handle_failure(&shared, b, e.clone()),
+            }
+        }
+        return;
+    }
+    match conn.send(request, timeout).await {
+        Err(e) => {
+            for b in batches {
+                handle_failure(&shared, b, e.clone());
+            }
+        }
+        Ok(response) => handle_response(&shared, batches, response),
+    }
+}
+
+fn handle_response(shared: &Shared, batches: Vec<ProducerBatch>, response: ProduceResponse) {
+    let mut results = HashMap::new();
+    for t in response.topics {
+        for p in t.partitions {
+            results.insert(TopicPartition::new(t.name.clone(), p.partition), p);
+        }
+    }
+    for b in batches {
+        let Some(r) = results.remove(&b.tp) else {
+            // The broker skipped a partition it was asked about: whether it appended the
+            // batch is not known, so it counts as an ambiguous, retriable failure.
+            let e = ClientError::Protocol {
+                addr: String::new(),
+                reason: format!("produce response has no result for {}", b.tp),
+            };
+            handle_failure(shared, b, e);
+            continue;
+        };
+        let code = ErrorCode::from_code(r.error_code);
+        if code.is_ok() {
+            complete(shared, b, Some(r.base_offset));
+            continue;
+        }
+        if code == ErrorCode::NotLeader {
+            match BrokerId::from_wire(r.leader_hint) {
+                Some(hint) => shared.cluster.set_leader_hint(&b.tp, hint),
+                None => shared.cluster.invalidate_leader(&b.tp),
+            }
+        }
+        let e = ClientError::broker(code, r.error_message, &b.tp.topic, b.tp.partition);
+        handle_failure(shared, b, e);
+    }
+}
+
+fn complete(shared: &Shared, batch: ProducerBatch, base_offset: Option<u64>) {
+    let tp = batch.tp.clone();
+    release(shared, batch.reserved_bytes);
+    batch.succeed(base_offset);
+    lock(&shared.accumulator).finish(&tp);
+    shared.wake.notify_one();
+}
+
+/// Retries `batch` if the error and its deadline allow, else fails its records.
+fn handle_failure(shared: &Shared, mut batch: ProducerBatch, error: ClientError) {
+    let now = Instant::now();
+    let backoff = Duration::from_millis(shared.config.retry_backoff_ms);
+    batch.attempts += 1;
+    // A missing per-partition result is as ambiguous as a timeout.
+    let ambiguous = error.is_ambiguous() || matches!(error, ClientError::Protocol { .. });
+    batch.ambiguous |= ambiguous;
+    let retries_left = shared
+        .config
+        .retries
+        .is_none_or(|max| batch.attempts <= max);
+    let retriable = error.is_retriable() || matches!(error, ClientError::Protocol { .. });
+    tracing::debug!(tp = %batch.tp, attempt = batch.attempts, %error, "produce attempt failed");
+    if retriable && retries_left && now + backoff < batch.deadline {
+        if error.needs_metadata_refresh() && error.code() != Some(ErrorCode::NotLeader) {
+            shared.cluster.invalidate_leader(&batch.tp);
+        }
+        batch.last_error = Some(error);
+        lock(&shared.accumulator).requeue(batch, now + backoff);
+        shared.wake.notify_one();
+        return;
+    }
+    let tp = batch.tp.clone();
+    let final_error = batch.final_error(error);
+    release(shared, batch.reserved_bytes);
+    batch.fail(final_error);
+    lock(&shared.accumulator).finish(&tp);
+    shared.wake.notify_one();
+}
