@@ -117,7 +117,10 @@ impl Admin {
             .await;
         // Make the new topic visible to this client's later calls.
         if results.is_ok() {
-            let _ = self.cluster.refresh_metadata(&[topic.name.clone()]).await;
+            let _ = self
+                .cluster
+                .refresh_metadata(std::slice::from_ref(&topic.name))
+                .await;
         }
         results
     }

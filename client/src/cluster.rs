@@ -411,7 +411,8 @@ impl Cluster {
             Some(id) => Ok(id),
             None => {
                 // The cache may be stale: ask again before the caller's next attempt.
-                self.refresh_metadata(&[tp.topic.clone()]).await?;
+                self.refresh_metadata(std::slice::from_ref(&tp.topic))
+                    .await?;
                 self.cached_leader(tp).ok_or_else(|| {
                     ClientError::broker(
                         ErrorCode::NotLeader,

@@ -452,8 +452,7 @@ pub fn decode_records(
     };
     let mut records = Vec::new();
     let mut next = position;
-    let mut whole_batches = 0usize;
-    for batch in BatchIter::new(bytes) {
+    for (whole_batches, batch) in BatchIter::new(bytes).enumerate() {
         let batch = match batch {
             Ok(b) => b,
             Err(BatchError::Truncated { .. }) if whole_batches > 0 => break,
@@ -468,7 +467,6 @@ pub fn decode_records(
             }
             Err(e) => return Err(corrupt(e)),
         };
-        whole_batches += 1;
         let header = *batch.header();
         if !header.attributes.is_control() {
             for record in batch.records() {
