@@ -110,7 +110,7 @@ impl Admin {
         };
         let results = self
             .cluster
-            .retry(&[], self.deadline(), || async {
+            .retry_if(&[], self.deadline(), admin_retriable, || async {
                 let r = self.cluster.send_controller(request.clone()).await?;
                 topic_result(r.results, &topic.name)
             })
@@ -131,7 +131,7 @@ impl Admin {
             names: vec![name.to_owned()],
         };
         self.cluster
-            .retry(&[], self.deadline(), || async {
+            .retry_if(&[], self.deadline(), admin_retriable, || async {
                 let r = self.cluster.send_controller(request.clone()).await?;
                 topic_result(r.results, name)
             })
@@ -173,7 +173,7 @@ impl Admin {
         };
         let topics = [name.to_owned()];
         self.cluster
-            .retry(&topics, self.deadline(), || async {
+            .retry_if(&topics, self.deadline(), admin_retriable, || async {
                 let r = self.cluster.send_any(request.clone()).await?;
                 let t = r
                     .topics
@@ -210,12 +210,18 @@ impl Admin {
             validate_only: false,
         };
         self.cluster
-            .retry(&[], self.deadline(), || async {
+            .retry_if(&[], self.deadline(), admin_retriable, || async {
                 let r = self.cluster.send_controller(request.clone()).await?;
                 topic_result(r.results, name)
             })
             .await
     }
+}
+
+/// Admin calls name topics explicitly: a topic the cluster does not know is an answer, not a
+/// transient state worth retrying.
+fn admin_retriable(e: &ClientError) -> bool {
+    e.is_retriable() && e.code() != Some(ErrorCode::UnknownTopicOrPartition)
 }
 
 fn missing_result(name: &str) -> ClientError {

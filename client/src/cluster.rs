@@ -462,10 +462,22 @@ impl Cluster {
     /// Runs `op` until it succeeds, fails with a non-retriable error, or `deadline` passes.
     /// Between attempts it waits the retry backoff, and refreshes metadata for `topics` first
     /// when the error calls for it.
-    pub async fn retry<T, F, Fut>(
+    pub async fn retry<T, F, Fut>(&self, topics: &[String], deadline: Instant, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.retry_if(topics, deadline, ClientError::is_retriable, op)
+            .await
+    }
+
+    /// [`Cluster::retry`] with the caller deciding which errors are worth another attempt
+    /// (e.g. UNKNOWN_TOPIC_OR_PARTITION is final when deleting a topic).
+    pub async fn retry_if<T, F, Fut>(
         &self,
         topics: &[String],
         deadline: Instant,
+        retriable: impl Fn(&ClientError) -> bool,
         mut op: F,
     ) -> Result<T>
     where
@@ -476,7 +488,7 @@ impl Cluster {
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retriable() && Instant::now() + backoff < deadline => {
+                Err(e) if retriable(&e) && Instant::now() + backoff < deadline => {
                     tracing::debug!(error = %e, "retrying");
                     tokio::time::sleep(backoff).await;
                     if e.needs_metadata_refresh() {

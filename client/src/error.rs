@@ -179,7 +179,12 @@ fn describe_broker_error(
         ErrorCode::OffsetOutOfRange => format!("{subject}: offset out of range"),
         _ => format!("{subject} failed"),
     };
-    if message.is_empty() {
+    // For these codes the phrase above already says everything the broker's message would.
+    let self_explanatory = matches!(
+        code,
+        ErrorCode::UnknownTopicOrPartition | ErrorCode::TopicAlreadyExists
+    );
+    if message.is_empty() || self_explanatory {
         format!("{what} ({})", code.name())
     } else {
         format!("{what}: {message} ({})", code.name())

@@ -279,7 +279,7 @@ impl Producer {
                 "record of about {estimate} bytes exceeds the {limit}-byte limit"
             )));
         }
-        let topic = self.shared.cluster.topic(&record.topic).await?;
+        let topic = self.topic_metadata(&record.topic).await?;
         let partitions = topic.partitions.len() as u32;
         if partitions == 0 {
             return Err(ClientError::broker_topic(
@@ -333,6 +333,21 @@ impl Producer {
                 Err(e)
             }
         }
+    }
+
+    /// The topic's metadata, waiting out connection failures up to the request timeout (as
+    /// Kafka's `max.block.ms`) but not an unknown topic: that fails the send at once.
+    async fn topic_metadata(&self, topic: &str) -> Result<Arc<crate::cluster::TopicInfo>> {
+        let cluster = &self.shared.cluster;
+        if let Some(t) = cluster.cached_topic(topic) {
+            return Ok(t);
+        }
+        let deadline =
+            Instant::now() + Duration::from_millis(self.shared.config.request_timeout_ms);
+        let connection_trouble = |e: &ClientError| e.is_retriable() && e.code().is_none();
+        cluster
+            .retry_if(&[], deadline, connection_trouble, || cluster.topic(topic))
+            .await
     }
 
     /// Sends every record queued so far without waiting for linger, and waits until each has
