@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use rafka_protocol::{BatchError, Offset};
+use rafka_protocol::{BatchError, ErrorCode, Offset};
 
 /// What a caller can do about an [`Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,27 @@ pub enum Error {
     Config(String),
     #[error("broken data directory {path}: {reason}")]
     BrokenDirectory { path: PathBuf, reason: String },
+    #[error("unknown topic or partition: {0}")]
+    UnknownTopicOrPartition(String),
+    #[error("topic {0} already exists")]
+    TopicAlreadyExists(String),
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopic { name: String, reason: &'static str },
+    #[error("invalid partition count {count}: must be within 1..={max}")]
+    InvalidPartitions { count: u32, max: u32 },
+    #[error("invalid replication factor {factor}: {reason}")]
+    InvalidReplicationFactor { factor: u32, reason: &'static str },
+    #[error("invalid topic config {key}={value}: {reason}")]
+    InvalidTopicConfig {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// A bug or a panicked task: the outcome of the request is unknown.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -69,12 +90,46 @@ impl Error {
             | Error::AppendTooLarge { .. }
             | Error::OffsetOutOfRange { .. }
             | Error::NonContiguousAppend { .. }
-            | Error::InvalidTruncation { .. } => ErrorClass::InvalidRequest,
+            | Error::InvalidTruncation { .. }
+            | Error::UnknownTopicOrPartition(_)
+            | Error::TopicAlreadyExists(_)
+            | Error::InvalidTopic { .. }
+            | Error::InvalidPartitions { .. }
+            | Error::InvalidReplicationFactor { .. }
+            | Error::InvalidTopicConfig { .. } => ErrorClass::InvalidRequest,
+            Error::ShuttingDown | Error::Internal(_) => ErrorClass::Storage,
             Error::Io { .. }
             | Error::Corrupt { .. }
             | Error::Poisoned(_)
             | Error::BrokenDirectory { .. } => ErrorClass::Storage,
             Error::Config(_) => ErrorClass::Config,
+        }
+    }
+
+    /// The wire error code for this error: the one place broker errors meet the protocol.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidBatch(BatchError::UnsupportedCompression(_)) => {
+                ErrorCode::UnsupportedCompression
+            }
+            Error::InvalidBatch(_) | Error::InvalidBatchHeader(_) => ErrorCode::CorruptMessage,
+            Error::AppendTooLarge { .. } => ErrorCode::RecordListTooLarge,
+            Error::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            Error::NonContiguousAppend { .. } | Error::InvalidTruncation { .. } => {
+                ErrorCode::InvalidRequest
+            }
+            Error::Io { .. }
+            | Error::Corrupt { .. }
+            | Error::Poisoned(_)
+            | Error::BrokenDirectory { .. } => ErrorCode::StorageError,
+            Error::Config(_) | Error::InvalidTopicConfig { .. } => ErrorCode::InvalidConfig,
+            Error::UnknownTopicOrPartition(_) => ErrorCode::UnknownTopicOrPartition,
+            Error::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+            Error::InvalidTopic { .. } => ErrorCode::InvalidTopic,
+            Error::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+            Error::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
+            Error::ShuttingDown => ErrorCode::BrokerShuttingDown,
+            Error::Internal(_) => ErrorCode::UnknownServerError,
         }
     }
 

@@ -1,0 +1,176 @@
+//! The broker process: opens storage, binds the ports, runs the server, the HTTP endpoint and
+//! the housekeeping task, and shuts down on SIGTERM/SIGINT.
+//!
+//! Shutdown order: stop accepting, let in-flight requests finish (bounded), flush every log,
+//! exit 0. Start-up errors (a broken data directory, a port in use) come back as one line.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rafka_protocol::Timestamp;
+use tokio::sync::watch;
+
+use crate::config::BrokerConfig;
+use crate::fs::Fs;
+use crate::server::{Context, Server};
+use crate::topics::TopicManager;
+
+/// How often interval flushes, high watermarks and partition gauges are brought up to date.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Latency buckets (seconds) for every `*_seconds` histogram: 50 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// Runs the broker until a termination signal; `Err` is a one-line reason to exit non-zero.
+pub fn run(config: BrokerConfig) -> Result<(), String> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .map_err(|e| format!("metrics setup: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("metrics setup: {e}"))?;
+    let started = Instant::now();
+    let topics = TopicManager::open(&config.data_dir, config.log_defaults.clone(), Fs::real())
+        .map_err(|e| {
+            format!(
+                "cannot open data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        partitions = topics.all_partitions().len(),
+        recovery_ms = started.elapsed().as_millis() as u64,
+        "storage open"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rafka")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(config, Arc::new(topics), metrics))
+}
+
+async fn serve(
+    config: BrokerConfig,
+    topics: Arc<TopicManager>,
+    metrics: PrometheusHandle,
+) -> Result<(), String> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ctx = Arc::new(Context {
+        cluster_id: format!("rafka-single-{}", config.node_id),
+        config,
+        topics,
+        shutdown: shutdown_rx,
+        ready: AtomicBool::new(false),
+    });
+    let server = Server::bind(Arc::clone(&ctx))
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", ctx.config.listen))?;
+    let http = tokio::net::TcpListener::bind(&ctx.config.metrics_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", ctx.config.metrics_listen))?;
+    tracing::info!(
+        node_id = ctx.config.node_id,
+        listen = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        metrics = %ctx.config.metrics_listen,
+        "serving"
+    );
+    let http_task = tokio::spawn(crate::http::serve(http, Arc::clone(&ctx), metrics.clone()));
+    let housekeeping = tokio::spawn(housekeeping(Arc::clone(&ctx), metrics));
+    let server_task = tokio::spawn(server.run());
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = server_task.await;
+    let _ = housekeeping.await;
+    let _ = http_task.await;
+    let topics = Arc::clone(&ctx.topics);
+    tokio::task::spawn_blocking(move || topics.flush_all())
+        .await
+        .map_err(|e| format!("flush on shutdown failed: {e}"))?
+        .map_err(|e| format!("flush on shutdown failed: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process can still be stopped by SIGKILL; wait forever
+            // rather than exiting at once.
+            tracing::error!("cannot install signal handlers");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Interval flushes, high watermark refresh and partition gauges every
+/// [`HOUSEKEEPING_INTERVAL`]; retention every `retention_check_interval_ms`.
+async fn housekeeping(ctx: Arc<Context>, metrics: PrometheusHandle) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let retention_every = Duration::from_millis(ctx.config.retention_check_interval_ms);
+    let mut last_retention = Instant::now();
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let retention = last_retention.elapsed() >= retention_every;
+        if retention {
+            last_retention = Instant::now();
+        }
+        let topics = Arc::clone(&ctx.topics);
+        let pass = tokio::task::spawn_blocking(move || {
+            let partitions = topics.all_partitions();
+            if retention {
+                let logs: Vec<_> = partitions.iter().map(|p| Arc::clone(&p.log)).collect();
+                crate::log::maintenance::run_pass(&logs, Timestamp::now());
+            }
+            for p in &partitions {
+                if let Err(e) = p.log.flush_if_due() {
+                    tracing::error!(topic = %p.topic, partition = p.index, error = %e, "interval flush failed");
+                }
+                p.refresh_high_watermark();
+                let labels = [
+                    ("topic", p.topic.clone()),
+                    ("partition", p.index.to_string()),
+                ];
+                metrics::gauge!("rafka_log_end_offset", &labels)
+                    .set(p.log.log_end_offset().0 as f64);
+                metrics::gauge!("rafka_log_start_offset", &labels)
+                    .set(p.log.log_start_offset().0 as f64);
+                metrics::gauge!("rafka_high_watermark", &labels).set(p.high_watermark().0 as f64);
+                metrics::gauge!("rafka_log_segments", &labels).set(p.log.segment_count() as f64);
+                metrics::gauge!("rafka_log_size_bytes", &labels).set(p.log.size_bytes() as f64);
+            }
+        });
+        if let Err(e) = pass.await {
+            tracing::error!(error = %e, "housekeeping pass panicked");
+        }
+        metrics.run_upkeep();
+    }
+}

@@ -1,0 +1,94 @@
+//! One client connection.
+//!
+//! The reading side decodes frames and starts one task per request; a semaphore of
+//! `max_in_flight_per_connection` permits bounds them, and the reader stops reading while all
+//! permits are out, so a client that pipelines faster than the broker answers is slowed by TCP
+//! flow control rather than growing memory. Responses go through a bounded channel to a writer
+//! task; a client that does not read its responses fills the socket, then the channel, then
+//! holds the permits: backpressure all the way.
+//!
+//! A frame over the size limit, an undecodable header, or a connection idle for
+//! [`IDLE_TIMEOUT`] closes the connection with one log line; every other connection goes on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use super::{dispatch, Context, SHUTDOWN_GRACE};
+
+/// A connection with no complete request for this long is closed (it may be a half-sent frame
+/// from a client that went away).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Serves one connection until the client closes it, it misbehaves, or the broker shuts down.
+pub async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    metrics::gauge!("rafka_connections").increment(1.0);
+    metrics::counter!("rafka_connections_accepted_total").increment(1);
+    let max_frame = ctx.config.max_frame_bytes;
+    let in_flight = ctx.config.max_in_flight_per_connection as usize;
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FramedRead::new(read_half, rafka_protocol::frame::codec(max_frame));
+    let mut writer = FramedWrite::new(write_half, rafka_protocol::frame::codec(max_frame));
+    let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(in_flight);
+    let writer_task = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if let Err(e) = writer.send(frame).await {
+                tracing::debug!(%peer, error = %e, "writing a response failed; closing");
+                return;
+            }
+        }
+    });
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let next = tokio::select! {
+            next = tokio::time::timeout(IDLE_TIMEOUT, reader.next()) => next,
+            _ = shutdown.changed() => break,
+        };
+        let frame = match next {
+            Err(_) => {
+                tracing::info!(%peer, "closing idle connection");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                metrics::counter!("rafka_bad_frames_total").increment(1);
+                tracing::warn!(%peer, error = %e, "closing connection: unreadable frame");
+                break;
+            }
+            Ok(Some(Ok(frame))) => frame.freeze(),
+        };
+        let (header, body) = match rafka_protocol::frame::decode_request_header(frame) {
+            Ok(hb) => hb,
+            Err(e) => {
+                metrics::counter!("rafka_bad_frames_total").increment(1);
+                tracing::warn!(%peer, error = %e, "closing connection: undecodable request header");
+                break;
+            }
+        };
+        let ctx = Arc::clone(&ctx);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Some(response) = dispatch::handle(&ctx, header, body).await {
+                // A closed channel means the connection is gone; the response has nowhere to go.
+                let _ = tx.send(response).await;
+            }
+            drop(permit);
+        });
+    }
+    // Let in-flight requests finish (bounded by the grace period), then close.
+    let all = u32::try_from(in_flight).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all)).await;
+    drop(tx);
+    let _ = writer_task.await;
+    metrics::gauge!("rafka_connections").decrement(1.0);
+}

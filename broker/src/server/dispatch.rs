@@ -1,0 +1,104 @@
+//! Request dispatch: API key and version checks, body decoding, the handler call, response
+//! encoding, and per-API request metrics.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rafka_protocol::messages::*;
+use rafka_protocol::{frame, ApiKey, ErrorCode, Request};
+
+use super::{admin, fetch, list_offsets, metadata, produce, Context};
+
+/// Handles one request; `None` when no response is due (produce with acks=0).
+pub async fn handle(ctx: &Arc<Context>, header: RequestHeader, body: Bytes) -> Option<Bytes> {
+    let started = Instant::now();
+    let corr = header.correlation_id;
+    let Some(api) = ApiKey::from_u32(header.api_key) else {
+        return Some(request_error(
+            corr,
+            ErrorCode::UnsupportedVersion,
+            format!("unknown api key {}", header.api_key),
+        ));
+    };
+    let (min, max) = api.versions();
+    if header.api_version < min || header.api_version > max {
+        return Some(request_error(
+            corr,
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "{} supports versions {min}..={max}, not {}",
+                api.name(),
+                header.api_version
+            ),
+        ));
+    }
+    let ctx = Arc::clone(ctx);
+    let response = match api {
+        ApiKey::ApiVersions => {
+            run(corr, body, |_: ApiVersionsRequest| async {
+                metadata::api_versions()
+            })
+            .await
+        }
+        ApiKey::Metadata => run(corr, body, |r| metadata::metadata(ctx, r)).await,
+        ApiKey::CreateTopics => run(corr, body, |r| admin::create_topics(ctx, r)).await,
+        ApiKey::DeleteTopics => run(corr, body, |r| admin::delete_topics(ctx, r)).await,
+        ApiKey::DescribeConfigs => run(corr, body, |r| admin::describe_configs(ctx, r)).await,
+        ApiKey::AlterConfigs => run(corr, body, |r| admin::alter_configs(ctx, r)).await,
+        ApiKey::Produce => match frame::decode_body::<ProduceRequest>(body) {
+            Ok(req) => {
+                let acks = req.acks;
+                let resp = produce::produce(ctx, req).await;
+                (acks != rafka_protocol::api::acks::NONE).then(|| ok_response(corr, &resp))
+            }
+            Err(e) => Some(request_error(
+                corr,
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+            )),
+        },
+        ApiKey::Fetch => run(corr, body, |r| fetch::fetch(ctx, r)).await,
+        ApiKey::ListOffsets => run(corr, body, |r| list_offsets::list_offsets(ctx, r)).await,
+    };
+    metrics::counter!("rafka_requests_total", "api" => api.name()).increment(1);
+    metrics::histogram!("rafka_request_duration_seconds", "api" => api.name())
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn run<R, F, Fut>(corr: u32, body: Bytes, handler: F) -> Option<Bytes>
+where
+    R: Request,
+    F: FnOnce(R) -> Fut,
+    Fut: Future<Output = R::Response>,
+{
+    match frame::decode_body::<R>(body) {
+        Ok(req) => Some(ok_response(corr, &handler(req).await)),
+        Err(e) => Some(request_error(
+            corr,
+            ErrorCode::InvalidRequest,
+            e.to_string(),
+        )),
+    }
+}
+
+fn ok_response<M: prost::Message>(corr: u32, body: &M) -> Bytes {
+    let header = ResponseHeader {
+        correlation_id: corr,
+        error_code: 0,
+        error_message: String::new(),
+    };
+    frame::encode_response(&header, Some(body))
+}
+
+fn request_error(corr: u32, code: ErrorCode, message: String) -> Bytes {
+    metrics::counter!("rafka_request_errors_total", "error" => code.name()).increment(1);
+    let header = ResponseHeader {
+        correlation_id: corr,
+        error_code: code.code(),
+        error_message: message,
+    };
+    frame::encode_response::<ApiVersionsResponse>(&header, None)
+}

@@ -1,0 +1,184 @@
+//! Fetch with long polling.
+//!
+//! A fetch reads every requested partition up to its high watermark. If that yields fewer than
+//! `min_bytes`, it waits until one of the partitions' high watermarks moves, or `max_wait_ms`
+//! passes, and reads again: it answers as soon as data arrives, not at the deadline. Sizes are
+//! bounded by `max_bytes` for the whole response (at least one batch, so a batch larger than
+//! the limit still makes progress) and `partition_max_bytes` per partition, and by the frame
+//! limit whatever the client asks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::select_all;
+use rafka_protocol::messages::*;
+use rafka_protocol::{ErrorCode, Offset};
+use tokio::time::Instant;
+
+use super::{blocking, Context};
+use crate::topics::Partition;
+
+/// Longest a fetch may wait, whatever the client asks: bounds how long a request holds an
+/// in-flight slot.
+pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+/// Room left in a response frame for everything but record data.
+const RESPONSE_OVERHEAD_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+struct Slot {
+    topic_index: usize,
+    partition: u32,
+    offset: u64,
+    max_bytes: usize,
+    target: Result<Arc<Partition>, (ErrorCode, String)>,
+}
+
+pub async fn fetch(ctx: Arc<Context>, req: FetchRequest) -> FetchResponse {
+    let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
+    let deadline = Instant::now() + wait;
+    let frame_room = ctx
+        .config
+        .max_frame_bytes
+        .saturating_sub(RESPONSE_OVERHEAD_BYTES)
+        .max(1);
+    let max_bytes = (req.max_bytes as usize).clamp(1, frame_room);
+    let min_bytes = req.min_bytes as usize;
+    let mut names = Vec::with_capacity(req.topics.len());
+    let mut slots = Vec::new();
+    for (ti, t) in req.topics.into_iter().enumerate() {
+        for p in t.partitions {
+            slots.push(Slot {
+                topic_index: ti,
+                partition: p.partition,
+                offset: p.fetch_offset,
+                max_bytes: (p.partition_max_bytes as usize).clamp(1, frame_room),
+                target: ctx
+                    .topics
+                    .partition(&t.name, p.partition)
+                    .map_err(|e| (e.error_code(), e.to_string())),
+            });
+        }
+        names.push(t.name);
+    }
+    let mut shutdown = ctx.shutdown.clone();
+    let results = loop {
+        // Subscribe before reading, so a high watermark that moves during the read wakes us.
+        let mut watchers: Vec<_> = slots
+            .iter()
+            .filter_map(|s| s.target.as_ref().ok().map(|p| p.watch_high_watermark()))
+            .collect();
+        let round = slots.clone();
+        let read = blocking(move || Ok(read_round(&round, max_bytes))).await;
+        let (results, total, errors) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                let code = e.error_code();
+                let all_failed = slots
+                    .iter()
+                    .map(|s| failed(s.partition, code, e.to_string()))
+                    .collect();
+                break all_failed;
+            }
+        };
+        let done = total >= min_bytes
+            || errors
+            || watchers.is_empty()
+            || Instant::now() >= deadline
+            || ctx.is_shutting_down();
+        if done {
+            break results;
+        }
+        let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.changed() => {}
+        }
+    };
+    let mut topics: Vec<FetchTopicResult> = names
+        .into_iter()
+        .map(|name| FetchTopicResult {
+            name,
+            partitions: Vec::new(),
+        })
+        .collect();
+    for (slot, r) in slots.iter().zip(results) {
+        if !r.records.is_empty() {
+            metrics::counter!("rafka_bytes_out_total", "topic" => topics[slot.topic_index].name.clone())
+                .increment(r.records.len() as u64);
+        }
+        topics[slot.topic_index].partitions.push(r);
+    }
+    FetchResponse { topics }
+}
+
+fn failed(partition: u32, code: ErrorCode, message: String) -> FetchPartitionResult {
+    FetchPartitionResult {
+        partition,
+        error_code: code.code(),
+        error_message: message,
+        high_watermark: 0,
+        log_start_offset: 0,
+        last_stable_offset: 0,
+        records: bytes::Bytes::new(),
+        leader_hint: -1,
+    }
+}
+
+/// Reads every slot once. Returns the results, the record bytes read, and whether any
+/// partition answered with an error (which is returned at once rather than waited on).
+fn read_round(slots: &[Slot], max_bytes: usize) -> (Vec<FetchPartitionResult>, usize, bool) {
+    let mut remaining = max_bytes;
+    let mut total = 0;
+    let mut errors = false;
+    let mut out = Vec::with_capacity(slots.len());
+    for s in slots {
+        let part = match &s.target {
+            Ok(p) => p,
+            Err((code, msg)) => {
+                errors = true;
+                out.push(failed(s.partition, *code, msg.clone()));
+                continue;
+            }
+        };
+        let hw = part.high_watermark();
+        let start = part.log.log_start_offset();
+        let mut r = FetchPartitionResult {
+            partition: s.partition,
+            error_code: 0,
+            error_message: String::new(),
+            high_watermark: hw.0,
+            log_start_offset: start.0,
+            last_stable_offset: hw.0,
+            records: bytes::Bytes::new(),
+            leader_hint: -1,
+        };
+        let offset = Offset(s.offset);
+        if offset < start || offset > hw {
+            errors = true;
+            r.error_code = ErrorCode::OffsetOutOfRange.code();
+            r.error_message = format!("offset {offset} is outside [{start}, {hw}]");
+            out.push(r);
+            continue;
+        }
+        if remaining == 0 || offset == hw {
+            out.push(r);
+            continue;
+        }
+        match part.log.read(offset, s.max_bytes.min(remaining), Some(hw)) {
+            Ok(read) => {
+                let n = read.batches.len();
+                remaining = remaining.saturating_sub(n);
+                total += n;
+                r.records = read.batches;
+            }
+            Err(e) => {
+                errors = true;
+                r.error_code = e.error_code().code();
+                r.error_message = e.to_string();
+            }
+        }
+        out.push(r);
+    }
+    (out, total, errors)
+}
