@@ -1,4 +1,6 @@
 //! Rafka's integration tests (in `tests/tests/`) and, later, the `rafka-jepsen` fault suite.
 //!
-//! Tests here drive real files, real processes and real TCP; unit tests live beside the code
-//! they test.
+//! Tests here drive real broker processes over real TCP with real files; unit tests live beside
+//! the code they test. [`harness`] starts and stops brokers and finds the binaries.
+
+pub mod harness;
