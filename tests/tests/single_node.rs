@@ -368,16 +368,39 @@ async fn garbage_closes_only_the_offending_connection() {
         );
     }
     // An unknown API gets an error response and the connection stays usable.
-    let resp = good
-        .send(
-            MetadataRequest {
+    let mut s = std::net::TcpStream::connect(&bs).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let roundtrip = |s: &mut std::net::TcpStream, api_key: u32, correlation_id: u32| {
+        let header = RequestHeader {
+            api_key,
+            api_version: 1,
+            correlation_id,
+            client_id: "test".into(),
+        };
+        let body = rafka_protocol::frame::encode_request(
+            &header,
+            &MetadataRequest {
                 topics: vec!["g".into()],
             },
-            T,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.topics[0].error_code, 0);
+        );
+        s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut frame).unwrap();
+        rafka_protocol::frame::decode_response_header(Bytes::from(frame)).unwrap()
+    };
+    let (h, _) = roundtrip(&mut s, 99, 7);
+    assert_eq!(h.correlation_id, 7);
+    assert_eq!(
+        ErrorCode::from_code(h.error_code),
+        ErrorCode::UnsupportedVersion
+    );
+    let (h, body) = roundtrip(&mut s, rafka_protocol::ApiKey::Metadata as u32, 8);
+    assert_eq!((h.correlation_id, h.error_code), (8, 0));
+    let md: MetadataResponse = rafka_protocol::frame::decode_body(body).unwrap();
+    assert_eq!(md.topics[0].error_code, 0);
     assert_eq!(
         http_get(broker.metrics_port, "/health").map(|r| r.0),
         Some(200)
@@ -416,8 +439,36 @@ async fn acknowledged_records_survive_sigkill() {
         w.sort_by_key(|(o, _)| *o);
         assert_eq!(got[&part], w, "partition {part} after SIGKILL");
     }
-    let metrics = http_get(broker.metrics_port, "/metrics").unwrap().1;
-    assert!(metrics.contains("rafka_requests_total"), "{metrics}");
+    // One more acknowledged write after the restart, so the write-path metrics exist too.
+    let p = producer(&bs, Acks::All);
+    let d = p
+        .send(ProducerRecord::new("durable", "after"))
+        .await
+        .unwrap();
+    d.await.expect("acked after restart");
+    // Scrape once the housekeeping pass has published the partition gauges.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = http_get(broker.metrics_port, "/metrics").unwrap().1;
+        if m.contains("rafka_log_end_offset") || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for name in [
+        "rafka_requests_total{api=\"fetch\"}",
+        "rafka_request_duration_seconds_bucket",
+        "rafka_bytes_out_total{topic=\"durable\"}",
+        "rafka_bytes_in_total{topic=\"durable\"}",
+        "rafka_connections",
+        "rafka_log_end_offset{topic=\"durable\",partition=\"0\"}",
+        "rafka_log_start_offset",
+        "rafka_log_segments",
+        "rafka_log_size_bytes",
+        "rafka_log_flush_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
