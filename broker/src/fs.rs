@@ -278,6 +278,41 @@ impl FsFile {
         self.file.read_exact_at(buf, position)
     }
 
+    /// Reads exactly `len` bytes at `position` into a fresh buffer without zeroing it first:
+    /// fetches read up to megabytes at a time, and clearing the buffer before `pread` fills it
+    /// cost about an eighth of read throughput (measured with `rafka-bench consume`).
+    pub fn read_exact_at_uninit(&self, len: usize, position: u64) -> io::Result<bytes::BytesMut> {
+        use std::os::fd::AsRawFd;
+        let mut buf = bytes::BytesMut::with_capacity(len);
+        let fd = self.file.as_raw_fd();
+        while buf.len() < len {
+            let filled = buf.len();
+            let spare = buf.spare_capacity_mut();
+            let want = (len - filled).min(spare.len());
+            let offset = libc::off_t::try_from(position + filled as u64)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "position too large"))?;
+            // SAFETY: `spare` is memory owned by `buf` with room for at least `want` bytes;
+            // pread writes at most `want` bytes into it and reports how many it wrote.
+            let n = unsafe { libc::pread(fd, spare.as_mut_ptr().cast(), want, offset) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than expected",
+                ));
+            }
+            // SAFETY: pread initialised the `n` bytes after `filled`, and n <= want <= spare.
+            unsafe { buf.set_len(filled + n as usize) };
+        }
+        Ok(buf)
+    }
+
     /// `fdatasync`: everything written so far is durable when this returns.
     pub fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()?;

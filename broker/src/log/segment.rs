@@ -12,7 +12,7 @@ use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rafka_protocol::batch::HEADER_BYTES;
 use rafka_protocol::{BatchError, BatchHeader, Offset, RecordBatch, Timestamp};
 
@@ -514,11 +514,11 @@ impl Segment {
             return Ok((Bytes::new(), first.base_offset));
         }
         let want = max_bytes.max(first.total_bytes()).min(available);
-        let mut buf = BytesMut::zeroed(want);
-        self.log
-            .read_exact_at(&mut buf, start)
-            .map_err(Error::io(self.log.path()))?;
-        let buf = buf.freeze();
+        let buf = self
+            .log
+            .read_exact_at_uninit(want, start)
+            .map_err(Error::io(self.log.path()))?
+            .freeze();
         let mut pos = 0usize;
         let mut next = first.base_offset;
         while pos < buf.len() {

@@ -14,11 +14,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use std::io::IoSlice;
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
+use super::dispatch::Segments;
 use super::{dispatch, Context, SHUTDOWN_GRACE};
 
 /// A connection with no complete request for this long is closed (it may be a half-sent frame
@@ -34,11 +38,11 @@ pub async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let in_flight = ctx.config.max_in_flight_per_connection as usize;
     let (read_half, write_half) = stream.into_split();
     let mut reader = FramedRead::new(read_half, rafka_protocol::frame::codec(max_frame));
-    let mut writer = FramedWrite::new(write_half, rafka_protocol::frame::codec(max_frame));
-    let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(in_flight);
+    let mut writer = write_half;
+    let (tx, mut rx) = mpsc::channel::<Segments>(in_flight);
     let writer_task = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
-            if let Err(e) = writer.send(frame).await {
+            if let Err(e) = write_frame(&mut writer, &frame, max_frame).await {
                 tracing::debug!(%peer, error = %e, "writing a response failed; closing");
                 return;
             }
@@ -91,4 +95,40 @@ pub async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     drop(tx);
     let _ = writer_task.await;
     metrics::gauge!("rafka_connections").decrement(1.0);
+}
+
+/// Writes one length-prefixed frame from its segments with vectored writes (no copy into a
+/// frame buffer).
+async fn write_frame(
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    segments: &[bytes::Bytes],
+    max_frame: usize,
+) -> std::io::Result<()> {
+    let total: usize = segments.iter().map(bytes::Bytes::len).sum();
+    if total > max_frame {
+        // Handlers size responses under the limit; a bigger one would be refused by the
+        // client's codec anyway, so close rather than send it.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("response of {total} bytes exceeds the frame limit {max_frame}"),
+        ));
+    }
+    let prefix = (total as u32).to_be_bytes();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(segments.len() + 1);
+    slices.push(IoSlice::new(&prefix));
+    slices.extend(
+        segments
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| IoSlice::new(s)),
+    );
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
 }

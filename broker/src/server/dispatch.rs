@@ -11,8 +11,12 @@ use rafka_protocol::{frame, ApiKey, ErrorCode, Request};
 
 use super::{admin, fetch, list_offsets, metadata, produce, Context};
 
+/// A response frame's payload as a list of buffers written with one `writev`, so that record
+/// data served by a fetch is never copied into a frame buffer.
+pub type Segments = Vec<Bytes>;
+
 /// Handles one request; `None` when no response is due (produce with acks=0).
-pub async fn handle(ctx: &Arc<Context>, header: RequestHeader, body: Bytes) -> Option<Bytes> {
+pub async fn handle(ctx: &Arc<Context>, header: RequestHeader, body: Bytes) -> Option<Segments> {
     let started = Instant::now();
     let corr = header.correlation_id;
     let Some(api) = ApiKey::from_u32(header.api_key) else {
@@ -59,7 +63,14 @@ pub async fn handle(ctx: &Arc<Context>, header: RequestHeader, body: Bytes) -> O
                 e.to_string(),
             )),
         },
-        ApiKey::Fetch => run(corr, body, |r| fetch::fetch(ctx, r)).await,
+        ApiKey::Fetch => match frame::decode_body::<FetchRequest>(body) {
+            Ok(req) => Some(fetch::encode_response(corr, fetch::fetch(ctx, req).await)),
+            Err(e) => Some(request_error(
+                corr,
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+            )),
+        },
         ApiKey::ListOffsets => run(corr, body, |r| list_offsets::list_offsets(ctx, r)).await,
     };
     metrics::counter!("rafka_requests_total", "api" => api.name()).increment(1);
@@ -68,7 +79,7 @@ pub async fn handle(ctx: &Arc<Context>, header: RequestHeader, body: Bytes) -> O
     response
 }
 
-async fn run<R, F, Fut>(corr: u32, body: Bytes, handler: F) -> Option<Bytes>
+async fn run<R, F, Fut>(corr: u32, body: Bytes, handler: F) -> Option<Segments>
 where
     R: Request,
     F: FnOnce(R) -> Fut,
@@ -84,21 +95,21 @@ where
     }
 }
 
-fn ok_response<M: prost::Message>(corr: u32, body: &M) -> Bytes {
+fn ok_response<M: prost::Message>(corr: u32, body: &M) -> Segments {
     let header = ResponseHeader {
         correlation_id: corr,
         error_code: 0,
         error_message: String::new(),
     };
-    frame::encode_response(&header, Some(body))
+    vec![frame::encode_response(&header, Some(body))]
 }
 
-fn request_error(corr: u32, code: ErrorCode, message: String) -> Bytes {
+fn request_error(corr: u32, code: ErrorCode, message: String) -> Segments {
     metrics::counter!("rafka_request_errors_total", "error" => code.name()).increment(1);
     let header = ResponseHeader {
         correlation_id: corr,
         error_code: code.code(),
         error_message: message,
     };
-    frame::encode_response::<ApiVersionsResponse>(&header, None)
+    vec![frame::encode_response::<ApiVersionsResponse>(&header, None)]
 }

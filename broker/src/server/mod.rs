@@ -117,16 +117,54 @@ impl Server {
     }
 }
 
-/// Runs blocking file work on tokio's blocking pool. A panic in it becomes an internal error
-/// for this request only.
+/// Runs blocking file work. On the multi-threaded runtime it runs in place
+/// (`block_in_place`: the worker hands its other tasks to a new thread), which saves a thread
+/// hand-off per request compared with the blocking pool and measurably cuts produce and
+/// end-to-end latency; elsewhere it uses the blocking pool. A panic in it becomes an internal
+/// error for this request only.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::Result<T> + Send + 'static,
 ) -> crate::Result<T> {
-    match tokio::task::spawn_blocking(f).await {
+    run_blocking(f, Placement::InPlace).await
+}
+
+/// Where blocking work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// On the calling worker (`block_in_place`): cheapest for a single piece of work.
+    InPlace,
+    /// On the blocking pool: pieces of work awaited together (one request's partitions) then
+    /// run in parallel instead of one after another.
+    Pool,
+}
+
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+    placement: Placement,
+) -> crate::Result<T> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let in_place = placement == Placement::InPlace
+        && Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    let outcome = if in_place {
+        tokio::task::block_in_place(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+            .map_err(|p| panic_message(&p))
+    } else {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match outcome {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "blocking task failed");
-            Err(crate::Error::Internal(e.to_string()))
+        Err(message) => {
+            tracing::error!(error = %message, "blocking task failed");
+            Err(crate::Error::Internal(message))
         }
     }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }

@@ -13,16 +13,31 @@ use rafka_protocol::api::acks;
 use rafka_protocol::messages::*;
 use rafka_protocol::{ErrorCode, LeaderEpoch};
 
-use super::{blocking, Context};
+use super::{run_blocking, Context, Placement};
 
 pub async fn produce(ctx: Arc<Context>, req: ProduceRequest) -> ProduceResponse {
     let acks = req.acks;
     let mut names = Vec::with_capacity(req.topics.len());
     let mut work = Vec::new();
+    let partitions: usize = req.topics.iter().map(|t| t.partitions.len()).sum();
+    // Several partitions append (and fsync) in parallel on the blocking pool; a single one
+    // runs in place, saving a thread hand-off.
+    let placement = if partitions > 1 {
+        Placement::Pool
+    } else {
+        Placement::InPlace
+    };
     for (ti, t) in req.topics.into_iter().enumerate() {
         names.push(t.name.clone());
         for p in t.partitions {
-            work.push(append_one(Arc::clone(&ctx), ti, t.name.clone(), p, acks));
+            work.push(append_one(
+                Arc::clone(&ctx),
+                ti,
+                t.name.clone(),
+                p,
+                acks,
+                placement,
+            ));
         }
     }
     let mut topics: Vec<ProduceTopicResult> = names
@@ -44,6 +59,7 @@ async fn append_one(
     topic: String,
     p: ProducePartition,
     acks: i32,
+    placement: Placement,
 ) -> (usize, ProducePartitionResult) {
     let index = p.partition;
     let fail = |code: ErrorCode, message: String| ProducePartitionResult {
@@ -78,13 +94,16 @@ async fn append_one(
     };
     let bytes = p.records.len() as u64;
     let part = Arc::clone(&partition);
-    let result = blocking(move || {
-        let info = part.log.append(p.records, LeaderEpoch(0))?;
-        if acks == acks::ALL && part.log.flushed_offset() <= info.last_offset {
-            part.log.flush()?;
-        }
-        Ok(info)
-    })
+    let result = run_blocking(
+        move || {
+            let info = part.log.append(p.records, LeaderEpoch(0))?;
+            if acks == acks::ALL && part.log.flushed_offset() <= info.last_offset {
+                part.log.flush()?;
+            }
+            Ok(info)
+        },
+        placement,
+    )
     .await;
     partition.refresh_high_watermark();
     match result {
