@@ -166,6 +166,17 @@ impl Segment {
     pub fn create(fs: &Fs, dir: &Path, base: Offset, index_interval_bytes: u64) -> Result<Segment> {
         let log_p = log_path(dir, base);
         let log = fs.create_new(&log_p).map_err(Error::io(&log_p))?;
+        Self::empty_active(fs, dir, base, log, index_interval_bytes)
+    }
+
+    /// An active segment over `log` with emptied indexes, before any batch is noted in it.
+    fn empty_active(
+        fs: &Fs,
+        dir: &Path,
+        base: Offset,
+        log: FsFile,
+        index_interval_bytes: u64,
+    ) -> Result<Segment> {
         let idx = open_or_create(fs, &index_path(dir, base))?;
         let tidx = open_or_create(fs, &time_index_path(dir, base))?;
         idx.truncate(0).map_err(Error::io(idx.path()))?;
@@ -197,23 +208,7 @@ impl Segment {
         let log_p = log_path(dir, base);
         let log = fs.open_existing(&log_p).map_err(Error::io(&log_p))?;
         let file_len = log.len().map_err(Error::io(&log_p))?;
-        let idx = open_or_create(fs, &index_path(dir, base))?;
-        let tidx = open_or_create(fs, &time_index_path(dir, base))?;
-        idx.truncate(0).map_err(Error::io(idx.path()))?;
-        tidx.truncate(0).map_err(Error::io(tidx.path()))?;
-        let mut seg = Segment {
-            base,
-            log: Arc::new(log),
-            offset_index: IndexFile::new_active(idx),
-            time_index: IndexFile::new_active(tidx),
-            size_bytes: 0,
-            next_offset: base,
-            max_timestamp: None,
-            first_batch_at: None,
-            bytes_since_index: 0,
-            last_time_entry_ms: None,
-            index_interval_bytes,
-        };
+        let mut seg = Self::empty_active(fs, dir, base, log, index_interval_bytes)?;
         let mut first_ts = None;
         let mut headers = Vec::new();
         let result = scan(&seg.log, 0, file_len, base, |pos, h| {
