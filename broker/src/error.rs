@@ -32,7 +32,7 @@ pub enum Error {
     InvalidBatch(#[from] BatchError),
     #[error("invalid record batch: {0}")]
     InvalidBatchHeader(&'static str),
-    #[error("append of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    #[error("a batch of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
     AppendTooLarge { size_bytes: u64, limit_bytes: u64 },
     #[error("offset {requested} is out of range: the log holds [{log_start}, {log_end})")]
     OffsetOutOfRange {

@@ -32,7 +32,8 @@ pub struct LogConfig {
     /// Delete the oldest closed segments while the log is larger than this; `None`: no limit.
     pub retention_bytes: Option<u64>,
     pub flush: FlushPolicy,
-    /// The largest single append (one produce request's batches for this partition).
+    /// The largest batch an append may carry (Kafka's `max.message.bytes`). An append may
+    /// carry several batches; the request frame limit bounds their total.
     pub append_bytes_max: u64,
 }
 

@@ -279,13 +279,15 @@ impl Log {
 
     fn append_inner(&self, input: Bytes, assign: Assign) -> Result<AppendInfo> {
         let limit = self.read_state().config.append_bytes_max;
-        if input.len() as u64 > limit {
+        let mut headers = validate_batches(&input)?;
+        // The limit applies per batch (Kafka's max.message.bytes); how many batches one append
+        // carries is bounded by the request frame.
+        if let Some(big) = headers.iter().find(|h| h.total_bytes() as u64 > limit) {
             return Err(Error::AppendTooLarge {
-                size_bytes: input.len() as u64,
+                size_bytes: big.total_bytes() as u64,
                 limit_bytes: limit,
             });
         }
-        let mut headers = validate_batches(&input)?;
         let mut state = self.write_state();
         if state.poisoned {
             return Err(Error::Poisoned(self.dir.clone()));

@@ -129,8 +129,8 @@ impl ProducerBatch {
 struct PartitionQueue {
     /// Oldest first; only the last one may be open.
     batches: VecDeque<ProducerBatch>,
-    /// Set while a batch of this partition is being sent: its completion signal.
-    in_flight: Option<watch::Receiver<()>>,
+    /// While batches of this partition are being sent: their completion signals.
+    in_flight: Vec<watch::Receiver<()>>,
     /// A retried batch waits until then.
     backoff_until: Option<Instant>,
 }
@@ -204,7 +204,7 @@ impl Accumulator {
     pub fn is_empty(&self) -> bool {
         self.queues
             .values()
-            .all(|q| q.batches.is_empty() && q.in_flight.is_none())
+            .all(|q| q.batches.is_empty() && q.in_flight.is_empty())
     }
 
     /// Appends a record to `topic`, to `partition` or a partitioner-chosen one.
@@ -298,7 +298,7 @@ impl Accumulator {
             let Some(first) = q.batches.front() else {
                 continue;
             };
-            if q.in_flight.is_some() {
+            if !q.in_flight.is_empty() {
                 continue;
             }
             consider(first.deadline);
@@ -331,7 +331,7 @@ impl Accumulator {
     /// in flight.
     pub fn take(&mut self, tp: &TopicPartition) -> Option<ProducerBatch> {
         let queue = self.queues.get_mut(tp)?;
-        if queue.in_flight.is_some() {
+        if !queue.in_flight.is_empty() {
             return None;
         }
         let mut batch = queue.batches.pop_front()?;
@@ -339,16 +339,42 @@ impl Accumulator {
             self.partitioner
                 .on_batch_closed(&tp.topic, tp.partition, batch.partitions_in_topic);
         }
-        queue.in_flight = Some(batch.done_rx.clone());
+        queue.in_flight = vec![batch.done_rx.clone()];
         queue.backoff_until = None;
         Some(batch)
+    }
+
+    /// Takes the first batch of `tp` (as [`Accumulator::take`]) and the closed batches queued
+    /// right behind it, up to `max_bytes` in all: a "train" sent as one append, so one fsync on
+    /// the broker covers all of it while later records keep accumulating. The batches keep
+    /// their order; the whole train is in flight until its response.
+    pub fn take_train(&mut self, tp: &TopicPartition, max_bytes: usize) -> Vec<ProducerBatch> {
+        let Some(first) = self.take(tp) else {
+            return Vec::new();
+        };
+        let mut bytes = first.size_bytes();
+        let mut train = vec![first];
+        if let Some(queue) = self.queues.get_mut(tp) {
+            while let Some(next) = queue.batches.front() {
+                if next.is_open() || next.attempts > 0 || bytes + next.size_bytes() > max_bytes {
+                    break;
+                }
+                let Some(next) = queue.batches.pop_front() else {
+                    break;
+                };
+                bytes += next.size_bytes();
+                queue.in_flight.push(next.done_rx.clone());
+                train.push(next);
+            }
+        }
+        train
     }
 
     /// Puts a batch whose attempt failed back at the head of its queue, to be resent after
     /// `backoff_until`; ahead of every later batch, so the partition's order holds.
     pub fn requeue(&mut self, batch: ProducerBatch, backoff_until: Instant) {
         let queue = self.queues.entry(batch.tp.clone()).or_default();
-        queue.in_flight = None;
+        queue.in_flight.clear();
         queue.backoff_until = Some(backoff_until);
         queue.batches.push_front(batch);
     }
@@ -356,7 +382,7 @@ impl Accumulator {
     /// Marks the in-flight batch of `tp` as finished (succeeded or failed for good).
     pub fn finish(&mut self, tp: &TopicPartition) {
         if let Some(queue) = self.queues.get_mut(tp) {
-            queue.in_flight = None;
+            queue.in_flight.clear();
             if queue.batches.is_empty() {
                 self.queues.remove(tp);
             }
@@ -367,7 +393,7 @@ impl Accumulator {
     pub fn expire(&mut self, now: Instant) -> Vec<ProducerBatch> {
         let mut expired = Vec::new();
         for q in self.queues.values_mut() {
-            if q.in_flight.is_some() {
+            if !q.in_flight.is_empty() {
                 continue;
             }
             while q.batches.front().is_some_and(|b| b.deadline <= now) {
@@ -378,7 +404,7 @@ impl Accumulator {
             }
         }
         self.queues
-            .retain(|_, q| !q.batches.is_empty() || q.in_flight.is_some());
+            .retain(|_, q| !q.batches.is_empty() || !q.in_flight.is_empty());
         expired
     }
 
@@ -425,6 +451,39 @@ mod tests {
             Duration::from_secs(120),
         )
         .with_partitioner(Partitioner::with_seed(3))
+    }
+
+    #[test]
+    fn a_train_takes_the_closed_batches_behind_the_first_in_order() {
+        let mut a = acc(100);
+        let t0 = Instant::now();
+        let tp = TopicPartition::new("t", 0);
+        let mut waiters = Vec::new();
+        let value = [7u8; 60];
+        for _ in 0..10 {
+            let (r, rx) = record(&value);
+            a.append("t", Some(0), 1, r, t0).unwrap();
+            waiters.push(rx);
+        }
+        // 60-byte records in 100-byte batches: one record per closed batch, the last open.
+        let train = a.take_train(&tp, 350);
+        assert!(
+            train.len() >= 2,
+            "closed batches ride along: {}",
+            train.len()
+        );
+        assert!(train.iter().map(ProducerBatch::size_bytes).sum::<usize>() <= 350);
+        assert!(
+            a.take_train(&tp, 350).is_empty(),
+            "the partition is in flight"
+        );
+        let taken = train.len();
+        for b in train {
+            b.succeed(Some(0));
+        }
+        a.finish(&tp);
+        let rest = a.take_train(&tp, usize::MAX);
+        assert_eq!(rest.len() + taken, 10, "every batch is sent exactly once");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! into record outcomes.
 //!
 //! The loop owns no state of its own: it asks the accumulator which partitions are ready,
-//! takes their batches, groups them by the partition leader (several partitions led by one
+//! takes their batches (the first one and the closed ones right behind it, as one "train"
+//! appended and fsynced at once by the broker), groups them by the partition leader (several partitions led by one
 //! broker share a request, capped at [`REQUEST_BYTES_MAX`]) and spawns one task per request.
 //! That task handles each partition's result on its own: success completes the records,
 //! a retriable error puts the batch back at the head of its queue after a backoff (with the
@@ -33,7 +34,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 pub(super) async fn run(shared: Arc<Shared>) {
     loop {
         let now = Instant::now();
-        let mut by_broker: BTreeMap<BrokerId, Vec<ProducerBatch>> = BTreeMap::new();
+        let mut by_broker: BTreeMap<BrokerId, Vec<Train>> = BTreeMap::new();
         let mut leaderless = false;
         let (expired, next_check, done) = {
             let mut acc = lock(&shared.accumulator);
@@ -42,8 +43,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
             for tp in ready.partitions {
                 match shared.cluster.cached_leader(&tp) {
                     Some(leader) => {
-                        if let Some(batch) = acc.take(&tp) {
-                            by_broker.entry(leader).or_default().push(batch);
+                        let train = acc.take_train(&tp, TRAIN_BYTES_MAX);
+                        if !train.is_empty() {
+                            by_broker.entry(leader).or_default().push(train);
                         }
                     }
                     None => leaderless = true,
@@ -74,7 +76,11 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
         for (leader, batches) in by_broker {
             for request in split_by_size(batches) {
-                let records: usize = request.iter().map(ProducerBatch::record_count).sum();
+                let records: usize = request
+                    .iter()
+                    .flatten()
+                    .map(ProducerBatch::record_count)
+                    .sum();
                 let span = tracing::debug_span!(
                     "produce",
                     broker = %leader,
@@ -100,13 +106,24 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Splits one broker's batches into requests of at most [`REQUEST_BYTES_MAX`] record bytes.
-fn split_by_size(batches: Vec<ProducerBatch>) -> Vec<Vec<ProducerBatch>> {
+/// Consecutive batches of one partition sent as one append (see `Accumulator::take_train`).
+type Train = Vec<ProducerBatch>;
+
+/// Most record bytes in one train: one broker append and one fsync. Half a request, so that
+/// trains of two partitions still share a request.
+const TRAIN_BYTES_MAX: usize = REQUEST_BYTES_MAX / 2;
+
+fn train_bytes(train: &Train) -> usize {
+    train.iter().map(ProducerBatch::size_bytes).sum()
+}
+
+/// Splits one broker's trains into requests of at most [`REQUEST_BYTES_MAX`] record bytes.
+fn split_by_size(trains: Vec<Train>) -> Vec<Vec<Train>> {
     let mut requests = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
-    for b in batches {
-        let size = b.size_bytes();
+    for b in trains {
+        let size = train_bytes(&b);
         if !current.is_empty() && bytes + size > REQUEST_BYTES_MAX {
             requests.push(std::mem::take(&mut current));
             bytes = 0;
@@ -139,17 +156,38 @@ fn refresh_metadata_in_background(shared: &Arc<Shared>) {
     });
 }
 
-async fn send_request(shared: Arc<Shared>, leader: BrokerId, batches: Vec<ProducerBatch>) {
+/// The record bytes of a train: its batches back to back (no copy for a single batch).
+fn train_records(train: &Train) -> bytes::Bytes {
+    if let [only] = train.as_slice() {
+        return only.bytes();
+    }
+    let mut buf = bytes::BytesMut::with_capacity(train_bytes(train));
+    for b in train {
+        buf.extend_from_slice(&b.bytes());
+    }
+    buf.freeze()
+}
+
+/// Fails or retries every batch of a train. Newest first: a retried batch goes back to the
+/// head of its queue, so requeueing in reverse keeps the partition's order.
+fn train_failed(shared: &Shared, train: Train, error: &ClientError) {
+    for b in train.into_iter().rev() {
+        handle_failure(shared, b, error.clone());
+    }
+}
+
+async fn send_request(shared: Arc<Shared>, leader: BrokerId, batches: Vec<Train>) {
     let config = &shared.config;
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let mut topics: BTreeMap<&str, Vec<ProducePartition>> = BTreeMap::new();
-    for b in &batches {
+    for train in &batches {
+        let Some(first) = train.first() else { continue };
         topics
-            .entry(b.tp.topic.as_str())
+            .entry(first.tp.topic.as_str())
             .or_default()
             .push(ProducePartition {
-                partition: b.tp.partition,
-                records: b.bytes(),
+                partition: first.tp.partition,
+                records: train_records(train),
             });
     }
     let request = ProduceRequest {
@@ -166,63 +204,76 @@ async fn send_request(shared: Arc<Shared>, leader: BrokerId, batches: Vec<Produc
     let conn = match shared.cluster.connection(leader).await {
         Ok(c) => c,
         Err(e) => {
-            for b in batches {
-                handle_failure(&shared, b, e.clone());
+            for train in batches {
+                train_failed(&shared, train, &e);
             }
             return;
         }
     };
     if config.acks == Acks::None {
         let sent = conn.send_no_response(request).await;
-        for b in batches {
+        for train in batches {
             match &sent {
-                Ok(()) => complete(&shared, b, None),
-                Err(e) => handle_failure(&shared, b, e.clone()),
+                Ok(()) => {
+                    for b in train {
+                        complete(&shared, b, None);
+                    }
+                }
+                Err(e) => train_failed(&shared, train, e),
             }
         }
         return;
     }
     match conn.send(request, timeout).await {
         Err(e) => {
-            for b in batches {
-                handle_failure(&shared, b, e.clone());
+            for train in batches {
+                train_failed(&shared, train, &e);
             }
         }
         Ok(response) => handle_response(&shared, batches, response),
     }
 }
 
-fn handle_response(shared: &Shared, batches: Vec<ProducerBatch>, response: ProduceResponse) {
+fn handle_response(shared: &Shared, batches: Vec<Train>, response: ProduceResponse) {
     let mut results = HashMap::new();
     for t in response.topics {
         for p in t.partitions {
             results.insert(TopicPartition::new(t.name.clone(), p.partition), p);
         }
     }
-    for b in batches {
-        let Some(r) = results.remove(&b.tp) else {
+    for train in batches {
+        let Some(tp) = train.first().map(|b| b.tp.clone()) else {
+            continue;
+        };
+        let Some(r) = results.remove(&tp) else {
             // The broker skipped a partition it was asked about: whether it appended the
-            // batch is not known, so it counts as an ambiguous, retriable failure.
+            // batches is not known, so it counts as an ambiguous, retriable failure.
             let e = ClientError::Protocol {
                 addr: String::new(),
-                reason: format!("produce response has no result for {}", b.tp),
+                reason: format!("produce response has no result for {tp}"),
             };
-            handle_failure(shared, b, e);
+            train_failed(shared, train, &e);
             continue;
         };
         let code = ErrorCode::from_code(r.error_code);
         if code.is_ok() {
-            complete(shared, b, Some(r.base_offset));
+            // Offsets are dense: each batch starts where the previous one ended.
+            let mut base = r.base_offset;
+            for b in train {
+                let records = b.record_count() as u64;
+                complete(shared, b, Some(base));
+                base += records;
+            }
             continue;
         }
         if code == ErrorCode::NotLeader {
             match BrokerId::from_wire(r.leader_hint) {
-                Some(hint) => shared.cluster.set_leader_hint(&b.tp, hint),
-                None => shared.cluster.invalidate_leader(&b.tp),
+                Some(hint) => shared.cluster.set_leader_hint(&tp, hint),
+                None => shared.cluster.invalidate_leader(&tp),
             }
         }
-        let e = ClientError::broker(code, r.error_message, &b.tp.topic, b.tp.partition);
-        handle_failure(shared, b, e);
+        let e = ClientError::broker(code, r.error_message, &tp.topic, tp.partition);
+        train_failed(shared, train, &e);
     }
 }
 
