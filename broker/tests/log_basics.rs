@@ -475,3 +475,30 @@ async fn the_maintenance_task_enforces_retention_and_due_flushes() {
     stop_tx.send(true).unwrap();
     task.await.unwrap();
 }
+
+#[test]
+fn segment_ms_rolls_a_segment_whose_first_batch_is_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        segment_ms: 60_000,
+        ..small()
+    };
+    {
+        let log = open(dir.path(), cfg.clone());
+        // A first batch stamped long ago: after a reopen, the active segment's age is taken
+        // from its first batch, so the next append must roll without any waiting.
+        log.append(simple_batch("old", 1, 1_000), LeaderEpoch(0))
+            .unwrap();
+        log.append(simple_batch("old2", 1, 1_000), LeaderEpoch(0))
+            .unwrap();
+        assert_eq!(log.segment_count(), 1);
+    }
+    let log = open(dir.path(), cfg.clone());
+    log.append(simple_batch("new", 1, Timestamp::now().0), LeaderEpoch(0))
+        .unwrap();
+    assert_eq!(log.segment_bases(), vec![off(0), off(2)], "rolled by age");
+    // A fresh segment is young: appends stay in it.
+    log.append(simple_batch("new2", 1, Timestamp::now().0), LeaderEpoch(0))
+        .unwrap();
+    assert_eq!(log.segment_count(), 2);
+}
