@@ -4,3 +4,4 @@
 //! the code they test. [`harness`] starts and stops brokers and finds the binaries.
 
 pub mod harness;
+pub mod proxy;
