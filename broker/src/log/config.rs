@@ -8,9 +8,10 @@ pub enum FlushPolicy {
     /// Every append returns only after its data is durable (group-committed with concurrent
     /// appends). The default: "durable before acknowledged" without further thought.
     EveryAppend,
-    /// Flush once `messages` records are unflushed, or `interval_ms` after the oldest unflushed
-    /// append, whichever comes first (`None` disables that trigger). The time trigger is checked
-    /// on every append and by the maintenance task, so an idle log is flushed too.
+    /// Flush once `messages` records are unflushed (checked on append), or `interval_ms` after
+    /// the oldest unflushed append (checked by whoever calls `Log::flush_if_due`: the
+    /// maintenance task, every 100 ms in the broker), whichever comes first (`None` disables
+    /// that trigger). Time-triggered flushes run beside appends instead of stalling them.
     Interval {
         messages: Option<u64>,
         interval_ms: Option<u64>,
