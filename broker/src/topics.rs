@@ -256,7 +256,7 @@ impl TopicManager {
         };
         let mut topics = BTreeMap::new();
         for meta in file.topics {
-            let topic = open_topic(data_dir, &defaults, &fs, meta)?;
+            let topic = open_topic(data_dir, &defaults, &fs, meta, OpenMode::Existing)?;
             topics.insert(topic.meta.name.clone(), Arc::new(topic));
         }
         let manager = TopicManager {
@@ -365,7 +365,13 @@ impl TopicManager {
         }
         // Logs first, then the metadata that makes them visible: a crash in between leaves
         // directories that the next start removes as orphans.
-        let topic = open_topic(&self.data_dir, &self.defaults, &self.fs, meta)?;
+        let topic = open_topic(
+            &self.data_dir,
+            &self.defaults,
+            &self.fs,
+            meta,
+            OpenMode::Create,
+        )?;
         let mut topics = self.read().clone();
         topics.insert(topic.meta.name.clone(), Arc::new(topic));
         self.persist(&topics)?;
@@ -460,13 +466,44 @@ impl TopicManager {
     }
 }
 
-fn open_topic(data_dir: &Path, defaults: &LogConfig, fs: &Fs, meta: TopicMeta) -> Result<Topic> {
+/// Whether a topic's partition directories are being created or must already exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenMode {
+    /// A new topic: leftovers of an earlier topic of the same name are removed first.
+    Create,
+    /// A known topic at start-up: a missing partition directory means lost data, and the broker
+    /// refuses to start rather than serve an empty log in its place.
+    Existing,
+}
+
+fn open_topic(
+    data_dir: &Path,
+    defaults: &LogConfig,
+    fs: &Fs,
+    meta: TopicMeta,
+    mode: OpenMode,
+) -> Result<Topic> {
     let cfg = effective_config(defaults, &meta.configs)?;
     let mut partitions = Vec::with_capacity(meta.partitions as usize);
     for index in 0..meta.partitions {
         let dir = data_dir
             .join("topics")
             .join(format!("{}-{index}", meta.name));
+        match mode {
+            OpenMode::Existing if !dir.is_dir() => {
+                return Err(Error::BrokenDirectory {
+                    path: dir,
+                    reason: format!(
+                        "partition {index} of topic {} is missing: its data is lost or was moved",
+                        meta.name
+                    ),
+                });
+            }
+            OpenMode::Create if dir.exists() => {
+                std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
+            }
+            _ => {}
+        }
         let log = Log::open(&dir, cfg.clone(), fs.clone())?;
         let hw = log.flushed_offset();
         partitions.push(Arc::new(Partition {
@@ -482,6 +519,28 @@ fn open_topic(data_dir: &Path, defaults: &LogConfig, fs: &Fs, meta: TopicMeta) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_partition_directory_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = TopicMeta {
+            name: "t".into(),
+            partitions: 2,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+        };
+        {
+            let m = TopicManager::open(dir.path(), LogConfig::default(), Fs::real()).unwrap();
+            m.create_topic(meta, false).unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("topics").join("t-1")).unwrap();
+        let err = TopicManager::open(dir.path(), LogConfig::default(), Fs::real()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("partition 1 of topic t is missing"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn topic_names_are_validated() {
