@@ -150,12 +150,6 @@ impl BrokerConfig {
                 "--peers must include this broker's --node-id {node_id}"
             ));
         }
-        if peers.len() > 1 {
-            return Err(format!(
-                "--peers lists {} voters, but replication is not implemented yet: run a single node",
-                peers.len()
-            ));
-        }
         let max_frame_bytes = pick!(
             max_frame_bytes,
             rafka_protocol::frame::FRAME_BYTES_MAX_DEFAULT as u64

@@ -18,6 +18,8 @@ pub enum ErrorClass {
     Storage,
     /// A configuration error found at start-up or on a config change.
     Config,
+    /// Leadership moved or a quorum is out of reach: retry (after refreshing metadata).
+    Unavailable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,16 @@ pub enum Error {
     },
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// This broker does not lead the partition (or the controller); `leader` when known.
+    #[error("not the leader of {what}{}", leader.map(|l| format!("; the leader is broker {l}")).unwrap_or_default())]
+    NotLeader { what: String, leader: Option<u64> },
+    /// The write was proposed but its fate is unknown (no commit within the deadline, or the
+    /// leader changed while waiting): it may still be committed. Retrying may duplicate.
+    #[error("the outcome of the write is unknown: {0}")]
+    OutcomeUnknown(String),
+    /// A controller command was refused by the controller (code, reason).
+    #[error("{1}")]
+    Refused(rafka_protocol::ErrorCode, String),
     /// A bug or a panicked task: the outcome of the request is unknown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,12 +109,24 @@ impl Error {
             | Error::InvalidPartitions { .. }
             | Error::InvalidReplicationFactor { .. }
             | Error::InvalidTopicConfig { .. } => ErrorClass::InvalidRequest,
+            Error::Refused(..) => ErrorClass::InvalidRequest,
+            Error::NotLeader { .. } | Error::OutcomeUnknown(_) => ErrorClass::Unavailable,
             Error::ShuttingDown | Error::Internal(_) => ErrorClass::Storage,
             Error::Io { .. }
             | Error::Corrupt { .. }
             | Error::Poisoned(_)
             | Error::BrokenDirectory { .. } => ErrorClass::Storage,
             Error::Config(_) => ErrorClass::Config,
+        }
+    }
+
+    /// The leader to name in a response's `leader_hint` (-1: unknown or not applicable).
+    pub fn leader_hint(&self) -> i32 {
+        match self {
+            Error::NotLeader {
+                leader: Some(l), ..
+            } => *l as i32,
+            _ => -1,
         }
     }
 
@@ -129,6 +153,9 @@ impl Error {
             Error::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
             Error::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
             Error::ShuttingDown => ErrorCode::BrokerShuttingDown,
+            Error::NotLeader { .. } => ErrorCode::NotLeader,
+            Error::OutcomeUnknown(_) => ErrorCode::RequestTimedOut,
+            Error::Refused(code, _) => *code,
             Error::Internal(_) => ErrorCode::UnknownServerError,
         }
     }

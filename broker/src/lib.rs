@@ -4,19 +4,25 @@
 //!   retention, flushing). It is the partition's storage and, with replication, its Raft log.
 //! - [`fs`]: the file layer the log writes through, with a crash simulator for tests and for
 //!   the fault suite's power-loss nemesis.
-//! - [`topics`]: topics and partitions hosted here, the data directory layout, high watermarks.
+//! - [`cluster`]: this broker in the cluster: the controller group, hosted partition replicas
+//!   (each a Raft group), the peer endpoint, leader hints, the data directory layout.
+//! - [`replica`]: openraft storage over the log, and the partition and controller state machines.
+//! - [`topics`]: topic rules: names, limits, config keys and how overrides combine.
 //! - [`server`]: the client protocol listener, connections, and one handler per API.
 //! - [`http`]: `/metrics`, `/health` and `/ready`.
 //! - [`node`]: the broker process: start-up, housekeeping, graceful shutdown.
 //! - [`config`]: flags, environment and TOML configuration of the broker process.
 //! - [`error`]: the crate's error type and its mapping to wire error codes.
 
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fs;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod node;
+pub mod replica;
 pub mod server;
 pub mod topics;
 

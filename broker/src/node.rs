@@ -12,10 +12,14 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rafka_protocol::Timestamp;
 use tokio::sync::watch;
 
+use std::collections::BTreeMap;
+
+use rafka_raft::NodeId;
+
+use crate::cluster::{Cluster, PeerHandler};
 use crate::config::BrokerConfig;
 use crate::fs::Fs;
 use crate::server::{Context, Server};
-use crate::topics::TopicManager;
 
 /// How often interval flushes, high watermarks and partition gauges are brought up to date.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
@@ -31,7 +35,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -40,39 +44,65 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         .map_err(|e| format!("metrics setup: {e}"))?
         .install_recorder()
         .map_err(|e| format!("metrics setup: {e}"))?;
-    let started = Instant::now();
-    let topics = TopicManager::open(&config.data_dir, config.log_defaults.clone(), Fs::real())
-        .map_err(|e| {
-            format!(
-                "cannot open data directory {}: {e}",
-                config.data_dir.display()
-            )
-        })?;
-    tracing::info!(
-        data_dir = %config.data_dir.display(),
-        partitions = topics.all_partitions().len(),
-        recovery_ms = started.elapsed().as_millis() as u64,
-        "storage open"
-    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rafka")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(config, Arc::new(topics), metrics))
+    runtime.block_on(serve(config, metrics))
 }
 
-async fn serve(
-    config: BrokerConfig,
-    topics: Arc<TopicManager>,
-    metrics: PrometheusHandle,
-) -> Result<(), String> {
+async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), String> {
+    let started = Instant::now();
+    let voters: BTreeMap<NodeId, String> = config
+        .peers
+        .iter()
+        .map(|(id, addr)| (*id as NodeId, addr.clone()))
+        .collect();
+    let node_id = config.node_id as NodeId;
+    // A multi-broker cluster listens for peers before anything else, so that a port in use is
+    // reported at once.
+    let peer_listener = if voters.len() > 1 {
+        Some(
+            tokio::net::TcpListener::bind(&config.peer_listen)
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", config.peer_listen))?,
+        )
+    } else {
+        None
+    };
+    let cluster = Cluster::open(
+        node_id,
+        &config.data_dir,
+        config.log_defaults.clone(),
+        Fs::real(),
+        voters,
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot open data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        open_ms = started.elapsed().as_millis() as u64,
+        "storage open"
+    );
+    let peer_task = peer_listener.map(|l| {
+        tokio::spawn(rafka_raft::transport::serve(
+            l,
+            node_id,
+            Arc::new(PeerHandler(Arc::clone(&cluster))),
+        ))
+    });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ctx = Arc::new(Context {
-        cluster_id: format!("rafka-single-{}", config.node_id),
+        cluster_id: "rafka".to_string(),
+        cluster: Arc::clone(&cluster),
         config,
-        topics,
-        shutdown: shutdown_rx,
+        shutdown: shutdown_rx.clone(),
         ready: AtomicBool::new(false),
     });
     let server = Server::bind(Arc::clone(&ctx))
@@ -84,8 +114,13 @@ async fn serve(
     tracing::info!(
         node_id = ctx.config.node_id,
         listen = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        peer_listen = %ctx.config.peer_listen,
         metrics = %ctx.config.metrics_listen,
         "serving"
+    );
+    let reconciler = tokio::spawn(Arc::clone(&cluster).run_reconciler(shutdown_rx.clone()));
+    let announcer = tokio::spawn(
+        Arc::clone(&cluster).run_announcer(ctx.config.advertise.clone(), shutdown_rx.clone()),
     );
     let http_task = tokio::spawn(crate::http::serve(http, Arc::clone(&ctx), metrics.clone()));
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&ctx), metrics));
@@ -97,11 +132,12 @@ async fn serve(
     let _ = server_task.await;
     let _ = housekeeping.await;
     let _ = http_task.await;
-    let topics = Arc::clone(&ctx.topics);
-    tokio::task::spawn_blocking(move || topics.flush_all())
-        .await
-        .map_err(|e| format!("flush on shutdown failed: {e}"))?
-        .map_err(|e| format!("flush on shutdown failed: {e}"))?;
+    let _ = reconciler.await;
+    let _ = announcer.await;
+    cluster.shutdown().await;
+    if let Some(t) = peer_task {
+        t.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -126,8 +162,8 @@ async fn wait_for_signal() {
     }
 }
 
-/// Interval flushes, high watermark refresh and partition gauges every
-/// [`HOUSEKEEPING_INTERVAL`]; retention every `retention_check_interval_ms`.
+/// Interval flushes and partition gauges every [`HOUSEKEEPING_INTERVAL`]; retention (through
+/// Raft) every `retention_check_interval_ms`.
 async fn housekeeping(ctx: Arc<Context>, metrics: PrometheusHandle) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -139,38 +175,27 @@ async fn housekeeping(ctx: Arc<Context>, metrics: PrometheusHandle) {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let retention = last_retention.elapsed() >= retention_every;
-        if retention {
+        let partitions = ctx.cluster.all_partitions();
+        if last_retention.elapsed() >= retention_every {
             last_retention = Instant::now();
-        }
-        let topics = Arc::clone(&ctx.topics);
-        let pass = tokio::task::spawn_blocking(move || {
-            let partitions = topics.all_partitions();
-            if retention {
-                let logs: Vec<_> = partitions.iter().map(|p| Arc::clone(&p.log)).collect();
-                crate::log::maintenance::run_pass(&logs, Timestamp::now());
-            }
             for p in &partitions {
-                if let Err(e) = p.log.flush_if_due() {
-                    tracing::error!(topic = %p.topic, partition = p.index, error = %e, "interval flush failed");
+                if let Err(e) = p.enforce_retention(Timestamp::now()).await {
+                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed");
                 }
-                p.refresh_high_watermark();
-                let labels = [
-                    ("topic", p.topic.clone()),
-                    ("partition", p.index.to_string()),
-                ];
-                metrics::gauge!("rafka_log_end_offset", &labels)
-                    .set(p.log.log_end_offset().0 as f64);
-                metrics::gauge!("rafka_log_start_offset", &labels)
-                    .set(p.log.log_start_offset().0 as f64);
-                metrics::gauge!("rafka_high_watermark", &labels).set(p.high_watermark().0 as f64);
-                metrics::gauge!("rafka_log_segments", &labels).set(p.log.segment_count() as f64);
-                metrics::gauge!("rafka_log_size_bytes", &labels).set(p.log.size_bytes() as f64);
+            }
+        }
+        let logs: Vec<_> = partitions.iter().map(|p| Arc::clone(&p.log)).collect();
+        let pass = tokio::task::spawn_blocking(move || {
+            for log in &logs {
+                if let Err(e) = log.flush_if_due() {
+                    tracing::error!(dir = %log.dir().display(), error = %e, "interval flush failed");
+                }
             }
         });
         if let Err(e) = pass.await {
             tracing::error!(error = %e, "housekeeping pass panicked");
         }
+        crate::metrics::update_gauges(&ctx.cluster, &partitions);
         metrics.run_upkeep();
     }
 }

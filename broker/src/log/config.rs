@@ -16,6 +16,10 @@ pub enum FlushPolicy {
         messages: Option<u64>,
         interval_ms: Option<u64>,
     },
+    /// Appends never sync; the log's owner calls [`crate::log::Log::flush`] itself. Raft
+    /// does: it reports an append as durable only after its own flush, and group-commits the
+    /// flushes of many appends.
+    Manual,
 }
 
 /// Settings of one partition replica's log.

@@ -277,6 +277,33 @@ impl Log {
         self.append_inner(batches, Assign::Replicated)
     }
 
+    /// Checks a producer's input as [`Log::append`] would (framing, CRC, records, compression,
+    /// the per-batch size limit) and splits it into its batches, without writing anything.
+    /// Control batches are refused: only the broker writes those. Raft checks every batch
+    /// before proposing it, because a storage error inside Raft stops the whole group.
+    pub fn check_append(&self, input: &Bytes) -> Result<Vec<Bytes>> {
+        let limit = self.read_state().config.append_bytes_max;
+        let headers = validate_batches(input)?;
+        let mut out = Vec::with_capacity(headers.len());
+        let mut pos = 0;
+        for h in &headers {
+            if h.total_bytes() as u64 > limit {
+                return Err(Error::AppendTooLarge {
+                    size_bytes: h.total_bytes() as u64,
+                    limit_bytes: limit,
+                });
+            }
+            if h.attributes.is_control() {
+                return Err(Error::InvalidBatchHeader(
+                    "control batches are written by the broker only",
+                ));
+            }
+            out.push(input.slice(pos..pos + h.total_bytes()));
+            pos += h.total_bytes();
+        }
+        Ok(out)
+    }
+
     fn append_inner(&self, input: Bytes, assign: Assign) -> Result<AppendInfo> {
         let limit = self.read_state().config.append_bytes_max;
         let mut headers = validate_batches(&input)?;
@@ -404,6 +431,7 @@ impl Log {
             FlushPolicy::EveryAppend => {
                 self.flush()?;
             }
+            FlushPolicy::Manual => {}
             FlushPolicy::Interval { messages, .. } => {
                 let pending = self.unflushed_records.fetch_add(records, Ordering::AcqRel) + records;
                 self.unflushed_since
@@ -549,6 +577,28 @@ impl Log {
         Ok(None)
     }
 
+    /// Headers of the batches from the one starting at `from` (a batch boundary) to the log
+    /// end: `(base offset, next offset, leader epoch)`. Reads only the fixed batch headers, not
+    /// the records; Raft uses it at start-up to map its entry indexes onto batches.
+    pub fn batch_headers(&self, from: Offset) -> Result<Vec<(Offset, Offset, LeaderEpoch)>> {
+        let state = self.read_state();
+        let mut out = Vec::new();
+        for seg in state.segments.values() {
+            if seg.next_offset <= from || seg.next_offset == seg.base {
+                continue;
+            }
+            let start = if from > seg.base {
+                seg.position_of(from)?
+            } else {
+                0
+            };
+            seg.walk_headers(start, |h| {
+                out.push((h.base_offset, h.next_offset(), h.partition_leader_epoch))
+            })?;
+        }
+        Ok(out)
+    }
+
     /// Removes every record at or after `offset`, which must be the log end or the base offset
     /// of a batch, and not below the log start. Raft uses this to drop a divergent suffix. The
     /// truncation is durable when this returns.
@@ -682,39 +732,18 @@ impl Log {
         if state.poisoned {
             return Err(Error::Poisoned(self.dir.clone()));
         }
-        let cfg = state.config.clone();
-        let closed: Vec<(Offset, u64, Offset)> = state
-            .segments
-            .values()
-            .take(state.segments.len() - 1)
-            .map(|s| (s.base, s.size_bytes, s.next_offset))
-            .collect();
-        let mut outcome = RetentionOutcome::default();
-        let mut new_start = None;
-        let mut total = state.size_bytes();
-        for (base, size, next) in closed {
-            let too_old = match cfg.retention_ms {
-                Some(ms) => {
-                    let t = state.segments[&base].retention_timestamp()?;
-                    now.0.saturating_sub(t.0) > ms as i64
-                }
-                None => false,
-            };
-            let too_big = cfg
-                .retention_bytes
-                .is_some_and(|limit| total - size >= limit);
-            if !(too_old || too_big) {
-                break;
-            }
-            total -= size;
-            outcome.segments_deleted += 1;
-            outcome.bytes_deleted += size;
-            new_start = Some(next);
-        }
+        let (new_start, outcome) = retention_plan(&state, now)?;
         if let Some(start) = new_start {
             self.delete_before_locked(&mut state, start)?;
         }
         Ok(outcome)
+    }
+
+    /// Where retention would move the log start at time `now` (the base of the oldest segment
+    /// it keeps), without deleting anything: a replicated log purges through Raft instead.
+    pub fn retention_cut(&self, now: Timestamp) -> Result<Option<Offset>> {
+        let state = self.read_state();
+        Ok(retention_plan(&state, now)?.0)
     }
 
     /// Flushes and releases the log's files.
@@ -753,6 +782,35 @@ fn validate_batches(input: &Bytes) -> Result<Vec<BatchHeader>> {
         headers.push(h);
     }
     Ok(headers)
+}
+
+/// The oldest closed segments that `retention_ms` or `retention_bytes` condemn at `now`: the
+/// new log start after them, and what deleting them frees. The active segment always stays.
+fn retention_plan(state: &State, now: Timestamp) -> Result<(Option<Offset>, RetentionOutcome)> {
+    let cfg = &state.config;
+    let mut outcome = RetentionOutcome::default();
+    let mut new_start = None;
+    let mut total = state.size_bytes();
+    for seg in state.segments.values().take(state.segments.len() - 1) {
+        let too_old = match cfg.retention_ms {
+            Some(ms) => {
+                let t = seg.retention_timestamp()?;
+                now.0.saturating_sub(t.0) > ms as i64
+            }
+            None => false,
+        };
+        let too_big = cfg
+            .retention_bytes
+            .is_some_and(|limit| total - seg.size_bytes >= limit);
+        if !(too_old || too_big) {
+            break;
+        }
+        total -= seg.size_bytes;
+        outcome.segments_deleted += 1;
+        outcome.bytes_deleted += seg.size_bytes;
+        new_start = Some(seg.next_offset);
+    }
+    Ok((new_start, outcome))
 }
 
 /// Lists segment base offsets, removing leftovers (`.tmp` files, indexes without a log).

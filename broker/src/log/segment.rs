@@ -485,6 +485,26 @@ impl Segment {
         }
     }
 
+    /// Calls `visit` with the header of every batch from byte `position` to the end, reading
+    /// only headers. The batches were validated when written or recovered.
+    pub fn walk_headers(
+        &self,
+        mut position: u64,
+        mut visit: impl FnMut(&BatchHeader),
+    ) -> Result<()> {
+        let mut header = [0u8; HEADER_BYTES];
+        while position < self.size_bytes {
+            self.log
+                .read_exact_at(&mut header, position)
+                .map_err(Error::io(self.log.path()))?;
+            let h =
+                BatchHeader::parse(&header).map_err(|e| self.corrupt(position, e.to_string()))?;
+            visit(&h);
+            position += h.total_bytes() as u64;
+        }
+        Ok(())
+    }
+
     fn corrupt(&self, position: u64, reason: String) -> Error {
         report_corruption(self.log.path(), position, &reason);
         Error::Corrupt {

@@ -1,12 +1,18 @@
 //! Topic administration: CreateTopics, DeleteTopics, DescribeConfigs, AlterConfigs.
+//!
+//! Changes are commands to the controller (forwarded to its leader by whichever broker gets
+//! the request); what can be checked without the controller's state (names, counts, config
+//! syntax) is checked here first, the rest when the controller applies the command.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rafka_protocol::messages::*;
 
-use super::{blocking, Context};
-use crate::topics::TopicMeta;
+use super::Context;
+use crate::error::Error;
+use crate::replica::controller_sm::Command;
+use crate::topics::{effective_config, validate_topic_name, PARTITIONS_PER_TOPIC_MAX};
 
 fn result(name: String, r: crate::Result<()>) -> TopicResult {
     match r {
@@ -23,27 +29,51 @@ fn result(name: String, r: crate::Result<()>) -> TopicResult {
     }
 }
 
+async fn create_one(ctx: &Context, t: CreatableTopic, validate_only: bool) -> crate::Result<()> {
+    validate_topic_name(&t.name)?;
+    let partitions = if t.partitions == 0 { 1 } else { t.partitions };
+    if partitions > PARTITIONS_PER_TOPIC_MAX {
+        return Err(Error::InvalidPartitions {
+            count: partitions,
+            max: PARTITIONS_PER_TOPIC_MAX,
+        });
+    }
+    let configs: BTreeMap<String, String> = t.configs.into_iter().collect();
+    effective_config(ctx.cluster.defaults(), &configs)?;
+    let voters = ctx.config.peers.len() as u32;
+    if t.replication_factor > voters {
+        return Err(Error::InvalidReplicationFactor {
+            factor: t.replication_factor,
+            reason: "larger than the number of brokers",
+        });
+    }
+    if validate_only {
+        if ctx.cluster.state().topics.contains_key(&t.name) {
+            return Err(Error::TopicAlreadyExists(t.name));
+        }
+        return Ok(());
+    }
+    ctx.cluster
+        .propose(Command::CreateTopic {
+            name: t.name.clone(),
+            partitions,
+            replication_factor: t.replication_factor,
+            configs,
+        })
+        .await?;
+    // Answer once the partitions can take writes, so that "create, then produce" just works.
+    ctx.cluster.wait_for_leaders(&t.name).await
+}
+
 pub async fn create_topics(ctx: Arc<Context>, req: CreateTopicsRequest) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
-        let brokers = ctx.config.peers.len() as u32;
-        let meta = TopicMeta {
-            name: t.name.clone(),
-            partitions: if t.partitions == 0 { 1 } else { t.partitions },
-            replication_factor: if t.replication_factor == 0 {
-                brokers.min(3)
-            } else {
-                t.replication_factor
-            },
-            configs: t.configs.into_iter().collect::<BTreeMap<_, _>>(),
-        };
-        let topics = Arc::clone(&ctx.topics);
-        let validate_only = req.validate_only;
-        let r = blocking(move || topics.create_topic(meta, validate_only)).await;
-        if r.is_ok() && !validate_only {
-            tracing::info!(topic = %t.name, "created topic");
+        let name = t.name.clone();
+        let r = create_one(&ctx, t, req.validate_only).await;
+        if r.is_ok() && !req.validate_only {
+            tracing::info!(topic = %name, "created topic");
         }
-        results.push(result(t.name, r));
+        results.push(result(name, r));
     }
     CreateTopicsResponse { results }
 }
@@ -51,9 +81,10 @@ pub async fn create_topics(ctx: Arc<Context>, req: CreateTopicsRequest) -> Creat
 pub async fn delete_topics(ctx: Arc<Context>, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
     let mut results = Vec::with_capacity(req.names.len());
     for name in req.names {
-        let topics = Arc::clone(&ctx.topics);
-        let n = name.clone();
-        let r = blocking(move || topics.delete_topic(&n)).await;
+        let r = ctx
+            .cluster
+            .propose(Command::DeleteTopic { name: name.clone() })
+            .await;
         if r.is_ok() {
             tracing::info!(topic = %name, "deleted topic");
         }
@@ -66,43 +97,72 @@ pub async fn describe_configs(
     ctx: Arc<Context>,
     req: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
+    let state = ctx.cluster.state();
     let topics = req
         .topics
         .into_iter()
-        .map(|name| match ctx.topics.describe_configs(&name) {
-            Ok(entries) => TopicConfigs {
-                name,
-                error_code: 0,
-                error_message: String::new(),
-                entries: entries
-                    .into_iter()
-                    .map(|(key, value, is_default)| ConfigEntry {
-                        key,
-                        value,
-                        is_default,
-                    })
-                    .collect(),
-            },
-            Err(e) => TopicConfigs {
-                name,
-                error_code: e.error_code().code(),
-                error_message: e.to_string(),
-                entries: Vec::new(),
-            },
+        .map(|name| {
+            let described = match state.topics.get(&name) {
+                Some(t) => crate::topics::describe_configs(ctx.cluster.defaults(), &t.configs),
+                None => Err(Error::UnknownTopicOrPartition(name.clone())),
+            };
+            match described {
+                Ok(entries) => TopicConfigs {
+                    name,
+                    error_code: 0,
+                    error_message: String::new(),
+                    entries: entries
+                        .into_iter()
+                        .map(|(key, value, is_default)| ConfigEntry {
+                            key,
+                            value,
+                            is_default,
+                        })
+                        .collect(),
+                },
+                Err(e) => TopicConfigs {
+                    name,
+                    error_code: e.error_code().code(),
+                    error_message: e.to_string(),
+                    entries: Vec::new(),
+                },
+            }
         })
         .collect();
     DescribeConfigsResponse { topics }
 }
 
+async fn alter_one(
+    ctx: &Context,
+    name: String,
+    set: BTreeMap<String, String>,
+    reset: Vec<String>,
+    validate_only: bool,
+) -> crate::Result<()> {
+    let state = ctx.cluster.state();
+    let topic = state
+        .topics
+        .get(&name)
+        .ok_or_else(|| Error::UnknownTopicOrPartition(name.clone()))?;
+    let mut configs = topic.configs.clone();
+    for k in &reset {
+        configs.remove(k);
+    }
+    configs.extend(set);
+    effective_config(ctx.cluster.defaults(), &configs)?;
+    if validate_only {
+        return Ok(());
+    }
+    ctx.cluster
+        .propose(Command::SetTopicConfigs { name, configs })
+        .await
+}
+
 pub async fn alter_configs(ctx: Arc<Context>, req: AlterConfigsRequest) -> AlterConfigsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
-        let topics = Arc::clone(&ctx.topics);
-        let name = t.name.clone();
         let set: BTreeMap<String, String> = t.set.into_iter().collect();
-        let reset = t.reset;
-        let validate_only = req.validate_only;
-        let r = blocking(move || topics.alter_configs(&name, &set, &reset, validate_only)).await;
+        let r = alter_one(&ctx, t.name.clone(), set, t.reset, req.validate_only).await;
         results.push(result(t.name, r));
     }
     AlterConfigsResponse { results }

@@ -16,7 +16,7 @@ use rafka_protocol::{ErrorCode, Offset};
 use tokio::time::Instant;
 
 use super::{blocking, Context};
-use crate::topics::Partition;
+use crate::cluster::Partition;
 
 /// Longest a fetch may wait, whatever the client asks: bounds how long a request holds an
 /// in-flight slot.
@@ -30,7 +30,7 @@ struct Slot {
     partition: u32,
     offset: u64,
     max_bytes: usize,
-    target: Result<Arc<Partition>, (ErrorCode, String)>,
+    target: Result<Arc<Partition>, (ErrorCode, String, i32)>,
 }
 
 pub async fn fetch(ctx: Arc<Context>, req: FetchRequest) -> FetchResponse {
@@ -53,9 +53,9 @@ pub async fn fetch(ctx: Arc<Context>, req: FetchRequest) -> FetchResponse {
                 offset: p.fetch_offset,
                 max_bytes: (p.partition_max_bytes as usize).clamp(1, frame_room),
                 target: ctx
-                    .topics
-                    .partition(&t.name, p.partition)
-                    .map_err(|e| (e.error_code(), e.to_string())),
+                    .cluster
+                    .leader_partition(&t.name, p.partition)
+                    .map_err(|e| (e.error_code(), e.to_string(), e.leader_hint())),
             });
         }
         names.push(t.name);
@@ -135,9 +135,11 @@ fn read_round(slots: &[Slot], max_bytes: usize) -> (Vec<FetchPartitionResult>, u
     for s in slots {
         let part = match &s.target {
             Ok(p) => p,
-            Err((code, msg)) => {
+            Err((code, msg, hint)) => {
                 errors = true;
-                out.push(failed(s.partition, *code, msg.clone()));
+                let mut f = failed(s.partition, *code, msg.clone());
+                f.leader_hint = *hint;
+                out.push(f);
                 continue;
             }
         };

@@ -36,9 +36,10 @@ async fn one(
         offset: 0,
         leader_hint: -1,
     };
-    let partition = match ctx.topics.partition(topic, p.partition) {
+    let partition = match ctx.cluster.leader_partition(topic, p.partition) {
         Ok(part) => part,
         Err(e) => {
+            out.leader_hint = e.leader_hint();
             out.error_code = e.error_code().code();
             out.error_message = e.to_string();
             return out;

@@ -32,53 +32,71 @@ pub fn host_port(addr: &str) -> (String, u32) {
 }
 
 pub async fn metadata(ctx: Arc<Context>, req: MetadataRequest) -> MetadataResponse {
-    let node = ctx.config.node_id;
-    let (host, port) = host_port(&ctx.config.advertise);
-    let topics = if req.topics.is_empty() {
-        ctx.topics.topics()
+    let cluster = &ctx.cluster;
+    let state = cluster.state();
+    let mut out: Vec<TopicMetadata> = Vec::new();
+    let names: Vec<String> = if req.topics.is_empty() {
+        state.topics.keys().cloned().collect()
     } else {
-        Vec::new()
+        req.topics.clone()
     };
-    let mut out: Vec<TopicMetadata> = topics.iter().map(|t| describe(node, t)).collect();
-    for name in &req.topics {
-        match ctx.topics.topic(name) {
-            Some(t) => out.push(describe(node, &t)),
-            None => out.push(TopicMetadata {
+    for name in names {
+        match state.topics.get(&name) {
+            Some(t) => out.push(TopicMetadata {
                 name: name.clone(),
+                error_code: 0,
+                partitions: (0..t.partitions.len() as u32)
+                    .map(|p| {
+                        let v = cluster.view(t, p);
+                        PartitionMetadata {
+                            partition: p,
+                            error_code: if v.leader.is_some() {
+                                0
+                            } else {
+                                ErrorCode::NotLeader.code()
+                            },
+                            leader_id: v.leader.map_or(-1, |l| l as i32),
+                            leader_epoch: v.term as i32,
+                            replicas: v.replicas.iter().map(|r| *r as i32).collect(),
+                            in_sync_replicas: v.in_sync.iter().map(|r| *r as i32).collect(),
+                            log_start_offset: v.log_start.0,
+                            high_watermark: v.high_watermark.0,
+                        }
+                    })
+                    .collect(),
+            }),
+            None => out.push(TopicMetadata {
+                name,
                 error_code: ErrorCode::UnknownTopicOrPartition.code(),
                 partitions: Vec::new(),
             }),
         }
     }
-    MetadataResponse {
-        brokers: vec![BrokerInfo {
-            node_id: node,
+    let mut brokers: Vec<BrokerInfo> = state
+        .brokers
+        .iter()
+        .map(|(id, b)| {
+            let (host, port) = host_port(&b.client_addr);
+            BrokerInfo {
+                node_id: *id as i32,
+                host,
+                port,
+            }
+        })
+        .collect();
+    // Until this broker's registration has been applied, it still answers for itself.
+    if !state.brokers.contains_key(&cluster.node_id) {
+        let (host, port) = host_port(&ctx.config.advertise);
+        brokers.push(BrokerInfo {
+            node_id: cluster.node_id as i32,
             host,
             port,
-        }],
-        controller_id: node,
+        });
+    }
+    MetadataResponse {
+        brokers,
+        controller_id: cluster.controller_leader().map_or(-1, |c| c as i32),
         cluster_id: ctx.cluster_id.clone(),
         topics: out,
-    }
-}
-
-fn describe(node: i32, t: &crate::topics::Topic) -> TopicMetadata {
-    TopicMetadata {
-        name: t.meta.name.clone(),
-        error_code: 0,
-        partitions: t
-            .partitions
-            .iter()
-            .map(|p| PartitionMetadata {
-                partition: p.index,
-                error_code: 0,
-                leader_id: node,
-                leader_epoch: 0,
-                replicas: vec![node],
-                in_sync_replicas: vec![node],
-                log_start_offset: p.log.log_start_offset().0,
-                high_watermark: p.high_watermark().0,
-            })
-            .collect(),
     }
 }

@@ -25,8 +25,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
-use crate::topics::TopicManager;
 
 /// How long a shutdown waits for in-flight requests before closing connections anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -35,7 +35,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Context {
     pub config: BrokerConfig,
-    pub topics: Arc<TopicManager>,
+    pub cluster: Arc<Cluster>,
     /// Turns true when the broker starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// True once the listener is bound and storage is open (for `/ready`).
@@ -125,26 +125,9 @@ impl Server {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::Result<T> + Send + 'static,
 ) -> crate::Result<T> {
-    run_blocking(f, Placement::InPlace).await
-}
-
-/// Where blocking work runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Placement {
-    /// On the calling worker (`block_in_place`): cheapest for a single piece of work.
-    InPlace,
-    /// On the blocking pool: pieces of work awaited together (one request's partitions) then
-    /// run in parallel instead of one after another.
-    Pool,
-}
-
-pub(crate) async fn run_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
-    placement: Placement,
-) -> crate::Result<T> {
     use tokio::runtime::{Handle, RuntimeFlavor};
-    let in_place = placement == Placement::InPlace
-        && Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    let in_place =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
     let outcome = if in_place {
         tokio::task::block_in_place(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
             .map_err(|p| panic_message(&p))

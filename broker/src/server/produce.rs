@@ -2,31 +2,34 @@
 //! partition, so a request spanning partitions can partly fail and the client learns exactly
 //! which (as Kinesis' PutRecords does).
 //!
-//! acks=all answers once the batches are durable (fsynced); acks=1 once they are appended;
-//! acks=0 is appended the same way but never answered. On a single node the high watermark is
-//! the durable end, so readers see a record only once it could be acknowledged with acks=all.
+//! Only the partition's leader appends: each batch is proposed to the partition's Raft group
+//! and answered once committed (a majority has it fsynced) and applied, so the offsets in the
+//! answer are final and readers (bounded by the high watermark) can see the records.
+//! acks=all and acks=1 both wait for the commit (acks=1 is therefore as safe as acks=all, and
+//! as slow); acks=0 is proposed the same way but never answered. A write whose fate is
+//! unknown (no commit within the request's timeout, or leadership lost while waiting) is
+//! answered REQUEST_TIMED_OUT: it may still be committed, so a retry may duplicate it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use rafka_protocol::api::acks;
 use rafka_protocol::messages::*;
-use rafka_protocol::{ErrorCode, LeaderEpoch};
+use rafka_protocol::ErrorCode;
 
-use super::{run_blocking, Context, Placement};
+use super::Context;
+
+/// How long a produce waits for its commit when the request gives no timeout.
+pub const PRODUCE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// The longest a produce may wait for its commit, whatever the request asks.
+pub const PRODUCE_TIMEOUT_MAX: Duration = Duration::from_secs(120);
 
 pub async fn produce(ctx: Arc<Context>, req: ProduceRequest) -> ProduceResponse {
     let acks = req.acks;
     let mut names = Vec::with_capacity(req.topics.len());
     let mut work = Vec::new();
-    let partitions: usize = req.topics.iter().map(|t| t.partitions.len()).sum();
-    // Several partitions append (and fsync) in parallel on the blocking pool; a single one
-    // runs in place, saving a thread hand-off.
-    let placement = if partitions > 1 {
-        Placement::Pool
-    } else {
-        Placement::InPlace
-    };
+    let timeout_ms = req.timeout_ms;
     for (ti, t) in req.topics.into_iter().enumerate() {
         names.push(t.name.clone());
         for p in t.partitions {
@@ -36,7 +39,7 @@ pub async fn produce(ctx: Arc<Context>, req: ProduceRequest) -> ProduceResponse 
                 t.name.clone(),
                 p,
                 acks,
-                placement,
+                timeout_ms,
             ));
         }
     }
@@ -59,7 +62,7 @@ async fn append_one(
     topic: String,
     p: ProducePartition,
     acks: i32,
-    placement: Placement,
+    timeout_ms: u32,
 ) -> (usize, ProducePartitionResult) {
     let index = p.partition;
     let fail = |code: ErrorCode, message: String| ProducePartitionResult {
@@ -88,36 +91,31 @@ async fn append_one(
             ),
         );
     }
-    let partition = match ctx.topics.partition(&topic, index) {
+    let partition = match ctx.cluster.leader_partition(&topic, index) {
         Ok(p) => p,
-        Err(e) => return (topic_index, fail(e.error_code(), e.to_string())),
+        Err(e) => {
+            let mut f = fail(e.error_code(), e.to_string());
+            f.leader_hint = e.leader_hint();
+            return (topic_index, f);
+        }
     };
     let bytes = p.records.len() as u64;
-    let part = Arc::clone(&partition);
-    let result = run_blocking(
-        move || {
-            let info = part.log.append(p.records, LeaderEpoch(0))?;
-            if acks == acks::ALL && part.log.flushed_offset() <= info.last_offset {
-                part.log.flush()?;
-            }
-            Ok(info)
-        },
-        placement,
-    )
-    .await;
-    partition.refresh_high_watermark();
-    match result {
-        Ok(info) => {
+    let timeout = if timeout_ms == 0 {
+        PRODUCE_TIMEOUT_DEFAULT
+    } else {
+        Duration::from_millis(u64::from(timeout_ms)).min(PRODUCE_TIMEOUT_MAX)
+    };
+    match partition.append(p.records, timeout).await {
+        Ok((base_offset, records)) => {
             metrics::counter!("rafka_bytes_in_total", "topic" => topic.clone()).increment(bytes);
-            metrics::counter!("rafka_records_in_total", "topic" => topic)
-                .increment(info.record_count);
+            metrics::counter!("rafka_records_in_total", "topic" => topic).increment(records);
             (
                 topic_index,
                 ProducePartitionResult {
                     partition: index,
                     error_code: 0,
                     error_message: String::new(),
-                    base_offset: info.base_offset.0,
+                    base_offset: base_offset.0,
                     log_start_offset: partition.log.log_start_offset().0,
                     leader_hint: -1,
                 },
@@ -127,7 +125,9 @@ async fn append_one(
             if e.class() == crate::ErrorClass::Storage {
                 tracing::error!(%topic, partition = index, error = %e, "append failed");
             }
-            (topic_index, fail(e.error_code(), e.to_string()))
+            let mut f = fail(e.error_code(), e.to_string());
+            f.leader_hint = e.leader_hint();
+            (topic_index, f)
         }
     }
 }

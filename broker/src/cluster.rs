@@ -1,0 +1,955 @@
+//! This broker's place in the cluster: the controller group, the partition replicas it hosts,
+//! the peer endpoint, and what it knows of leaders elsewhere.
+//!
+//! Data directory layout:
+//!
+//! ```text
+//! DATA_DIR/.lock               held (flock) while a broker uses the directory
+//! DATA_DIR/controller/         the controller's Raft log (segments), raft-meta.json, snapshot.json
+//! DATA_DIR/topics/NAME-P/      partition P of topic NAME: its log (= its Raft log), raft-meta.json
+//! DATA_DIR/replicas.json       the groups this broker has created replicas for
+//! ```
+//!
+//! Flow: the controller's state machine publishes [`ClusterState`]; [`Cluster::reconcile`]
+//! starts a Raft group for every partition assigned here and stops (and deletes) the ones no
+//! longer assigned. Requests that need the controller are proposed to it, forwarded to its
+//! leader over the peer transport when this broker does not lead it. Leaders of partitions
+//! not hosted here are learnt from the other brokers, which announce the groups they lead
+//! every [`HINT_INTERVAL`] ("leader hints").
+//!
+//! Invariant: a replica directory that `replicas.json` lists but that is missing means lost
+//! data; the broker refuses to start rather than serve an empty log in its place. (Wiping
+//! the whole data directory is fine: the replica then catches up from its peers.)
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use rafka_protocol::{ErrorCode, Offset};
+use rafka_raft::transport::{self, BoxFuture, GroupNetwork, Handler, Reply, Transport};
+use rafka_raft::{Batch, GroupId, NodeId, Raft};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::fs::Fs;
+use crate::log::{FlushPolicy, Log, LogConfig};
+use crate::replica::controller_sm::{ClusterState, Command, ControllerSm, TopicRecord};
+use crate::replica::partition_sm::PartitionSm;
+use crate::replica::store::{LogStore, Shared};
+use crate::replica::{controller_raft_config, partition_raft_config};
+use crate::topics::effective_config;
+
+/// How often leaders announce themselves to the other brokers.
+pub const HINT_INTERVAL: Duration = Duration::from_millis(500);
+/// A leader hint older than this is not trusted.
+const HINT_TTL: Duration = Duration::from_secs(3);
+/// A follower more than this many entries behind the leader is out of sync.
+pub const IN_SYNC_LAG_ENTRIES_MAX: u64 = 1000;
+/// How long a controller command may take, forwarding and retries included.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long topic creation waits for every partition to elect a leader before answering.
+const CREATE_LEADERS_WAIT: Duration = Duration::from_secs(15);
+
+/// Peer request kinds of the broker itself.
+const KIND_PROPOSE: u8 = transport::kind::BROKER_BASE;
+const KIND_HINTS: u8 = transport::kind::BROKER_BASE + 1;
+
+/// One partition replica hosted here.
+pub struct Partition {
+    pub topic: String,
+    pub index: u32,
+    pub group: GroupId,
+    pub replicas: Vec<NodeId>,
+    pub log: Arc<Log>,
+    pub raft: Raft,
+    shared: Arc<Shared>,
+    high_watermark: Arc<watch::Sender<Offset>>,
+    node_id: NodeId,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Partition({}-{}, {})",
+            self.topic, self.index, self.group
+        )
+    }
+}
+
+impl Partition {
+    /// The exclusive upper bound of what readers may see: the end of the committed prefix.
+    pub fn high_watermark(&self) -> Offset {
+        *self.high_watermark.borrow()
+    }
+
+    /// A receiver that changes whenever the high watermark moves.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<Offset> {
+        self.high_watermark.subscribe()
+    }
+
+    /// The leader as this replica knows it, and the current term (= leader epoch).
+    pub fn leader(&self) -> (Option<NodeId>, u64) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader, m.current_term)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    /// `Ok` when this replica leads the partition, else `NotLeader` with the leader if known.
+    pub fn ensure_leader(&self) -> Result<()> {
+        if self.is_leader() {
+            return Ok(());
+        }
+        Err(Error::NotLeader {
+            what: format!("{}-{}", self.topic, self.index),
+            leader: self.leader().0.filter(|l| *l != self.node_id),
+        })
+    }
+
+    /// On the leader: the replicas within [`IN_SYNC_LAG_ENTRIES_MAX`] entries of its log end
+    /// (itself included), and each follower's lag in records.
+    pub fn in_sync(&self) -> (Vec<NodeId>, Vec<(NodeId, u64)>) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let mut isr = vec![self.node_id];
+        let mut lags = Vec::new();
+        let last = m.last_log_index.unwrap_or(0);
+        let end = self.log.log_end_offset();
+        if let Some(repl) = &m.replication {
+            for (node, matched) in repl {
+                if *node == self.node_id {
+                    continue;
+                }
+                let matched_index = matched.map(|l| l.index);
+                if matched_index.is_some_and(|i| i + IN_SYNC_LAG_ENTRIES_MAX >= last) {
+                    isr.push(*node);
+                }
+                let behind = matched_index
+                    .and_then(|i| self.shared.offset_of(i + 1))
+                    .map_or(end.0, |o| end.0.saturating_sub(o.0));
+                lags.push((*node, behind));
+            }
+        }
+        isr.sort_unstable();
+        (isr, lags)
+    }
+
+    /// Proposes the producer's batches and waits until they are committed (acks=all; acks=1
+    /// waits the same, which is stronger than asked). Returns the base offset of the first.
+    pub async fn append(&self, records: Bytes, timeout: Duration) -> Result<(Offset, u64)> {
+        self.ensure_leader()?;
+        let batches = self.log.check_append(&records)?;
+        let count = batches.len();
+        let writes = batches
+            .into_iter()
+            .map(|b| self.raft.client_write(Batch(b)));
+        let all = futures::future::join_all(writes);
+        let started = Instant::now();
+        let results = tokio::time::timeout(timeout, all).await.map_err(|_| {
+            Error::OutcomeUnknown(format!("not committed within {} ms", timeout.as_millis()))
+        })?;
+        let mut first = None;
+        let mut records_total = 0;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(resp) => {
+                    first.get_or_insert(Offset(resp.data.base_offset));
+                    records_total += resp.data.last_offset + 1 - resp.data.base_offset;
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) if i == 0 => {
+                    return Err(Error::NotLeader {
+                        what: format!("{}-{}", self.topic, self.index),
+                        leader: f.leader_id.filter(|l| *l != self.node_id),
+                    });
+                }
+                Err(e) => {
+                    return Err(Error::OutcomeUnknown(format!(
+                        "batch {} of {count}: {e}",
+                        i + 1
+                    )))
+                }
+            }
+        }
+        metrics::histogram!("rafka_commit_latency_seconds").record(started.elapsed().as_secs_f64());
+        Ok((first.unwrap_or_default(), records_total))
+    }
+}
+
+impl Partition {
+    /// Retention through Raft: the entries wholly below where retention would cut are purged
+    /// by openraft once a snapshot covers them (so a follower that still needs them gets the
+    /// snapshot and continues from the new log start). One step per call: snapshot first,
+    /// purge on a later pass.
+    pub async fn enforce_retention(&self, now: rafka_protocol::Timestamp) -> Result<()> {
+        let Some(cut) = self.log.retention_cut(now)? else {
+            return Ok(());
+        };
+        let Some(upto) = self.shared.index_before(cut) else {
+            return Ok(());
+        };
+        let (applied, snapshot) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+        };
+        let Some(upto) = applied.map(|a| a.min(upto)) else {
+            return Ok(());
+        };
+        if snapshot.is_some_and(|s| s >= upto) {
+            self.raft
+                .trigger()
+                .purge_log(upto)
+                .await
+                .map_err(raft_err)?;
+        } else {
+            self.raft.trigger().snapshot().await.map_err(raft_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a leader announces about a group it leads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Hint {
+    group: u64,
+    term: u64,
+    leader: NodeId,
+    in_sync: Vec<NodeId>,
+    log_start: u64,
+    high_watermark: u64,
+}
+
+#[derive(Debug, Clone)]
+struct KnownLeader {
+    hint: Hint,
+    at: Instant,
+}
+
+/// What metadata says about a partition.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionView {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub replicas: Vec<NodeId>,
+    pub in_sync: Vec<NodeId>,
+    pub log_start: Offset,
+    pub high_watermark: Offset,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ReplicasFile {
+    groups: BTreeSet<u64>,
+}
+
+/// See the module documentation.
+pub struct Cluster {
+    pub node_id: NodeId,
+    data_dir: PathBuf,
+    fs: Fs,
+    defaults: LogConfig,
+    pub transport: Arc<Transport>,
+    /// Every voter and the peer address this broker dials it at (its own: its listen address).
+    voters: BTreeMap<NodeId, String>,
+    pub controller: Raft,
+    state: watch::Receiver<Arc<ClusterState>>,
+    partitions: RwLock<BTreeMap<(String, u32), Arc<Partition>>>,
+    groups: RwLock<HashMap<GroupId, Raft>>,
+    hints: Mutex<HashMap<GroupId, KnownLeader>>,
+    created: Mutex<BTreeSet<u64>>,
+    reconciling: tokio::sync::Mutex<()>,
+    _lock: std::fs::File,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cluster(node {})", self.node_id)
+    }
+}
+
+fn raft_err(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("Raft: {e}"))
+}
+
+fn members(voters: &BTreeMap<NodeId, String>, ids: &[NodeId]) -> BTreeMap<NodeId, BasicNode> {
+    ids.iter()
+        .map(|id| {
+            let addr = voters.get(id).cloned().unwrap_or_default();
+            (*id, BasicNode::new(addr))
+        })
+        .collect()
+}
+
+/// A topic's log config as replicas use it: "flush every append" becomes "Raft flushes before
+/// it reports an append durable" (group-committed by the store's flusher).
+fn replica_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) -> Result<LogConfig> {
+    let mut cfg = effective_config(defaults, overrides)?;
+    if cfg.flush == FlushPolicy::EveryAppend {
+        cfg.flush = FlushPolicy::Manual;
+    }
+    Ok(cfg)
+}
+
+impl Cluster {
+    /// Opens the data directory, starts the controller group (initialising it on first start)
+    /// and checks that every replica this broker created is still there.
+    pub async fn open(
+        node_id: NodeId,
+        data_dir: &Path,
+        defaults: LogConfig,
+        fs: Fs,
+        voters: BTreeMap<NodeId, String>,
+    ) -> Result<Arc<Cluster>> {
+        defaults.validate()?;
+        std::fs::create_dir_all(data_dir.join("topics")).map_err(Error::io(data_dir))?;
+        let lock_path = data_dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(Error::io(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::BrokenDirectory {
+                path: data_dir.to_path_buf(),
+                reason: "it is in use by another broker process".into(),
+            });
+        }
+        let created: ReplicasFile = match std::fs::read(data_dir.join("replicas.json")) {
+            Ok(raw) => serde_json::from_slice(&raw).map_err(|e| Error::BrokenDirectory {
+                path: data_dir.join("replicas.json"),
+                reason: format!("unreadable: {e}"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ReplicasFile::default(),
+            Err(e) => return Err(Error::io(data_dir.join("replicas.json"))(e)),
+        };
+        // Every replica created here must still have its directory (with its Raft state).
+        let mut present = BTreeSet::new();
+        for entry in std::fs::read_dir(data_dir.join("topics")).map_err(Error::io(data_dir))? {
+            let entry = entry.map_err(Error::io(data_dir))?;
+            if let Ok(raw) = std::fs::read(entry.path().join("raft-meta.json")) {
+                if let Ok(meta) = serde_json::from_slice::<crate::replica::store::RaftMeta>(&raw) {
+                    present.insert(meta.group);
+                }
+            }
+        }
+        if let Some(missing) = created.groups.difference(&present).next() {
+            let g = GroupId(*missing);
+            return Err(Error::BrokenDirectory {
+                path: data_dir.join("topics"),
+                reason: format!(
+                    "the replica of partition {} of topic id {} is missing: its data is lost or was moved",
+                    g.partition_index(),
+                    g.topic_id()
+                ),
+            });
+        }
+
+        let peers: HashMap<NodeId, String> = voters
+            .iter()
+            .filter(|(id, _)| **id != node_id)
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        let transport = Transport::new(node_id, peers);
+
+        // The controller group.
+        let cdir = data_dir.join("controller");
+        let clog = {
+            let cdir = cdir.clone();
+            let fs = fs.clone();
+            let cfg = LogConfig {
+                flush: FlushPolicy::Manual,
+                retention_ms: None,
+                retention_bytes: None,
+                ..LogConfig::default()
+            };
+            tokio::task::spawn_blocking(move || Log::open(cdir, cfg, fs))
+                .await
+                .map_err(raft_err)??
+        };
+        let cshared = Shared::open(GroupId::CONTROLLER, Arc::new(clog), fs.clone())?;
+        let fresh = cshared.meta().vote.is_none() && cshared.last_index().is_none();
+        let (state_tx, state_rx) = watch::channel(Arc::new(ClusterState::default()));
+        let sm = ControllerSm::open(cdir, fs.clone(), state_tx)?;
+        let controller = Raft::new(
+            node_id,
+            controller_raft_config(),
+            GroupNetwork {
+                transport: Arc::clone(&transport),
+                group: GroupId::CONTROLLER,
+            },
+            LogStore::new(cshared),
+            sm,
+        )
+        .await
+        .map_err(raft_err)?;
+        let ids: Vec<NodeId> = voters.keys().copied().collect();
+        // openraft's initialize() makes the node stand for election at once: only one node
+        // may do it, or concurrent candidates of the same term meet (openraft 0.9 asserts).
+        // The lowest voter initialises; the others learn the membership from its leader.
+        if fresh && ids.first() == Some(&node_id) {
+            if let Err(e) = controller.initialize(members(&voters, &ids)).await {
+                tracing::debug!(error = %e, "controller already initialised");
+            }
+        } else if !fresh && ids == [node_id] {
+            // A lone voter need not wait out an election timeout after a restart.
+            let _ = controller.trigger().elect().await;
+        }
+        let cluster = Arc::new(Cluster {
+            node_id,
+            data_dir: data_dir.to_path_buf(),
+            fs,
+            defaults,
+            transport,
+            voters,
+            controller: controller.clone(),
+            state: state_rx,
+            partitions: RwLock::new(BTreeMap::new()),
+            groups: RwLock::new(HashMap::from([(GroupId::CONTROLLER, controller)])),
+            hints: Mutex::new(HashMap::new()),
+            created: Mutex::new(created.groups),
+            reconciling: tokio::sync::Mutex::new(()),
+            _lock: lock,
+        });
+        Ok(cluster)
+    }
+
+    pub fn defaults(&self) -> &LogConfig {
+        &self.defaults
+    }
+
+    /// The controller's state as this broker has applied it.
+    pub fn state(&self) -> Arc<ClusterState> {
+        Arc::clone(&self.state.borrow())
+    }
+
+    /// The controller's leader, if known.
+    pub fn controller_leader(&self) -> Option<NodeId> {
+        self.controller.metrics().borrow().current_leader
+    }
+
+    /// Every partition replica hosted here.
+    pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The local replica of a partition: `UnknownTopicOrPartition` when the cluster has no
+    /// such partition, `NotLeader` (with the leader) when it lives on other brokers only.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        if let Some(p) = self
+            .partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(topic.to_string(), partition))
+        {
+            return Ok(Arc::clone(p));
+        }
+        let state = self.state();
+        match state.topics.get(topic) {
+            Some(t) if (partition as usize) < t.partitions.len() => Err(Error::NotLeader {
+                what: format!("{topic}-{partition}"),
+                leader: self.view(t, partition).leader,
+            }),
+            _ => Err(Error::UnknownTopicOrPartition(format!(
+                "{topic}-{partition}"
+            ))),
+        }
+    }
+
+    /// The local replica of a partition if this broker leads it.
+    pub fn leader_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        let p = self.partition(topic, partition)?;
+        p.ensure_leader()?;
+        Ok(p)
+    }
+
+    /// What this broker knows of a partition: from its own replica if it hosts one, else from
+    /// the leader's latest hint.
+    pub fn view(&self, topic: &TopicRecord, partition: u32) -> PartitionView {
+        let group = GroupId::partition(topic.id, partition);
+        let replicas = topic
+            .partitions
+            .get(partition as usize)
+            .cloned()
+            .unwrap_or_default();
+        let local = self
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&group);
+        let hint = self
+            .hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .filter(|k| k.at.elapsed() < HINT_TTL)
+            .map(|k| k.hint.clone());
+        if local {
+            let p = self
+                .partitions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .find(|p| p.group == group)
+                .cloned();
+            if let Some(p) = p {
+                let (leader, term) = p.leader();
+                let in_sync = if p.is_leader() {
+                    p.in_sync().0
+                } else {
+                    hint.as_ref()
+                        .filter(|h| Some(h.leader) == leader)
+                        .map(|h| h.in_sync.clone())
+                        .unwrap_or_default()
+                };
+                return PartitionView {
+                    leader,
+                    term,
+                    replicas,
+                    in_sync,
+                    log_start: p.log.log_start_offset(),
+                    high_watermark: p.high_watermark(),
+                };
+            }
+        }
+        match hint {
+            Some(h) => PartitionView {
+                leader: Some(h.leader),
+                term: h.term,
+                replicas,
+                in_sync: h.in_sync,
+                log_start: Offset(h.log_start),
+                high_watermark: Offset(h.high_watermark),
+            },
+            None => PartitionView {
+                replicas,
+                ..PartitionView::default()
+            },
+        }
+    }
+
+    /// Proposes a controller command and returns its outcome, forwarding it to the
+    /// controller's leader when that is another broker.
+    pub async fn propose(&self, cmd: Command) -> Result<()> {
+        let deadline = Instant::now() + PROPOSE_TIMEOUT;
+        loop {
+            let leader = match self.propose_local(&cmd).await {
+                Ok(()) => return Ok(()),
+                Err(Error::NotLeader { leader, .. }) => leader,
+                Err(e) => return Err(e),
+            };
+            if let Some(leader) = leader.filter(|l| *l != self.node_id) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let r: std::result::Result<std::result::Result<(), (i32, String)>, _> = self
+                    .transport
+                    .call_typed(leader, KIND_PROPOSE, GroupId::CONTROLLER, &cmd, left)
+                    .await;
+                match r {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err((code, _))) if code == ErrorCode::NotLeader.code() => {}
+                    Ok(Err((code, msg))) => {
+                        return Err(Error::Refused(ErrorCode::from_code(code), msg))
+                    }
+                    Err(rafka_raft::Error::Timeout { .. }) => {
+                        return Err(Error::OutcomeUnknown(
+                            "the controller did not answer in time".into(),
+                        ))
+                    }
+                    Err(e) => tracing::debug!(error = %e, "forwarding to the controller failed"),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NotLeader {
+                    what: "the controller".into(),
+                    leader: None,
+                });
+            }
+            // Leadership is moving: back off briefly and try again.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Proposes on this broker's controller replica only.
+    async fn propose_local(&self, cmd: &Command) -> Result<()> {
+        match self.controller.client_write(Batch(cmd.to_batch())).await {
+            Ok(resp) => match resp.data.outcome {
+                Some(Err((code, msg))) => Err(Error::Refused(ErrorCode::from_code(code), msg)),
+                _ => Ok(()),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    what: "the controller".into(),
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(Error::OutcomeUnknown(e.to_string())),
+        }
+    }
+
+    /// Waits until every partition of `topic` has a known leader (bounded).
+    pub async fn wait_for_leaders(&self, topic: &str) -> Result<()> {
+        let deadline = Instant::now() + CREATE_LEADERS_WAIT;
+        let mut state = self.state.clone();
+        loop {
+            let s = self.state();
+            if let Some(t) = s.topics.get(topic) {
+                let all = (0..t.partitions.len() as u32).all(|p| self.view(t, p).leader.is_some());
+                if all {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NotLeader {
+                    what: format!("topic {topic} (no leader elected yet)"),
+                    leader: None,
+                });
+            }
+            // Woken by metadata changes; leader elections are polled.
+            let _ = tokio::time::timeout(Duration::from_millis(50), state.changed()).await;
+        }
+    }
+
+    /// Brings the hosted replicas in line with the controller's state.
+    pub async fn reconcile(self: &Arc<Self>) {
+        let _one = self.reconciling.lock().await;
+        let state = self.state();
+        let mut desired: BTreeMap<(String, u32), (GroupId, &TopicRecord)> = BTreeMap::new();
+        for (name, t) in &state.topics {
+            for (p, replicas) in t.partitions.iter().enumerate() {
+                if replicas.contains(&self.node_id) {
+                    desired.insert(
+                        (name.clone(), p as u32),
+                        (GroupId::partition(t.id, p as u32), t),
+                    );
+                }
+            }
+        }
+        // Stop replicas no longer assigned here (deleted topics, or an older incarnation).
+        let stale: Vec<Arc<Partition>> = self
+            .all_partitions()
+            .into_iter()
+            .filter(|p| {
+                desired
+                    .get(&(p.topic.clone(), p.index))
+                    .is_none_or(|(g, _)| *g != p.group)
+            })
+            .collect();
+        for p in stale {
+            self.stop_partition(&p, true).await;
+        }
+        for ((name, index), (group, topic)) in desired {
+            let existing = self
+                .partitions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(name.clone(), index))
+                .cloned();
+            match existing {
+                Some(p) => {
+                    if let Ok(cfg) = replica_config(&self.defaults, &topic.configs) {
+                        if p.log.config() != cfg {
+                            if let Err(e) = p.log.set_config(cfg) {
+                                tracing::warn!(topic = %name, partition = index, error = %e, "config change failed");
+                            }
+                        }
+                    }
+                }
+                None => {
+                    if let Err(e) = self.start_partition(&name, index, group, topic).await {
+                        tracing::error!(topic = %name, partition = index, error = %e, "cannot start replica");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start_partition(
+        self: &Arc<Self>,
+        name: &str,
+        index: u32,
+        group: GroupId,
+        topic: &TopicRecord,
+    ) -> Result<()> {
+        let dir = self.data_dir.join("topics").join(format!("{name}-{index}"));
+        let cfg = replica_config(&self.defaults, &topic.configs)?;
+        let fs = self.fs.clone();
+        let replicas = topic.partitions[index as usize].clone();
+        let shared = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || -> Result<Arc<Shared>> {
+                // A directory of an older topic of the same name is removed first.
+                if let Ok(raw) = std::fs::read(dir.join("raft-meta.json")) {
+                    let meta: Option<crate::replica::store::RaftMeta> =
+                        serde_json::from_slice(&raw).ok();
+                    if meta.is_none_or(|m| m.group != group.0) {
+                        std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
+                    }
+                }
+                let log = Log::open(&dir, cfg, fs.clone())?;
+                Shared::open(group, Arc::new(log), fs)
+            })
+            .await
+            .map_err(raft_err)??
+        };
+        let fresh = shared.meta().vote.is_none()
+            && shared.last_index().is_none()
+            && shared.meta().last_purged.is_none();
+        let hw = Arc::new(watch::channel(Offset(0)).0);
+        let sm = PartitionSm::new(Arc::clone(&shared), Arc::clone(&hw));
+        let raft = Raft::new(
+            self.node_id,
+            partition_raft_config(),
+            GroupNetwork {
+                transport: Arc::clone(&self.transport),
+                group,
+            },
+            LogStore::new(Arc::clone(&shared)),
+            sm,
+        )
+        .await
+        .map_err(raft_err)?;
+        // Only the preferred replica initialises a new group (initialize() also starts its
+        // election), so leaders start spread as assigned; the other replicas learn the
+        // membership from it.
+        if fresh && replicas.first() == Some(&self.node_id) {
+            if let Err(e) = raft.initialize(members(&self.voters, &replicas)).await {
+                tracing::debug!(%group, error = %e, "partition group already initialised");
+            }
+        } else if !fresh && replicas == [self.node_id] {
+            let _ = raft.trigger().elect().await;
+        }
+        let partition = Arc::new(Partition {
+            topic: name.to_string(),
+            index,
+            group,
+            replicas,
+            log: Arc::clone(&shared.log),
+            raft: raft.clone(),
+            shared,
+            high_watermark: hw,
+            node_id: self.node_id,
+        });
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group, raft);
+        self.partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((name.to_string(), index), partition);
+        self.record_created(group.0, true)?;
+        tracing::info!(topic = %name, partition = index, %group, "replica started");
+        Ok(())
+    }
+
+    async fn stop_partition(&self, p: &Arc<Partition>, delete: bool) {
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p.group);
+        self.partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(p.topic.clone(), p.index));
+        if let Err(e) = p.raft.shutdown().await {
+            tracing::warn!(group = %p.group, error = %e, "Raft shutdown failed");
+        }
+        if delete {
+            let dir = p.log.dir().to_path_buf();
+            if let Err(e) = self.record_created(p.group.0, false) {
+                tracing::warn!(error = %e, "cannot update replicas.json");
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove replica data");
+            }
+            tracing::info!(topic = %p.topic, partition = p.index, "replica removed");
+        }
+    }
+
+    fn record_created(&self, group: u64, add: bool) -> Result<()> {
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = if add {
+            created.insert(group)
+        } else {
+            created.remove(&group)
+        };
+        if changed {
+            let raw = serde_json::to_vec(&ReplicasFile {
+                groups: created.clone(),
+            })
+            .expect("serialises");
+            let path = self.data_dir.join("replicas.json");
+            self.fs
+                .write_atomically(&path, &raw)
+                .map_err(Error::io(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Reconciles whenever the controller state changes (and every second, to retry what
+    /// failed), until `shutdown`.
+    pub async fn run_reconciler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut state = self.state.clone();
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                _ = state.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Registers this broker's client address with the controller (retrying until it sticks),
+    /// then announces the groups it leads every [`HINT_INTERVAL`] until `shutdown`.
+    pub async fn run_announcer(
+        self: Arc<Self>,
+        advertise: String,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut registered = false;
+        let mut tick = tokio::time::interval(HINT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let known = self
+                .state()
+                .brokers
+                .get(&self.node_id)
+                .is_some_and(|b| b.client_addr == advertise);
+            if !registered || !known {
+                let cmd = Command::RegisterBroker {
+                    id: self.node_id,
+                    client_addr: advertise.clone(),
+                };
+                match self.propose(cmd).await {
+                    Ok(()) => registered = true,
+                    Err(e) => tracing::debug!(error = %e, "registration not done yet"),
+                }
+            }
+            let hints: Vec<Hint> = self
+                .all_partitions()
+                .iter()
+                .filter(|p| p.is_leader())
+                .map(|p| Hint {
+                    group: p.group.0,
+                    term: p.leader().1,
+                    leader: self.node_id,
+                    in_sync: p.in_sync().0,
+                    log_start: p.log.log_start_offset().0,
+                    high_watermark: p.high_watermark().0,
+                })
+                .collect();
+            let payload = match transport::encode(&hints) {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            for peer in self.transport.peer_ids() {
+                let t = Arc::clone(&self.transport);
+                let payload = payload.clone();
+                tokio::spawn(async move {
+                    let _ = t
+                        .call(
+                            peer,
+                            KIND_HINTS,
+                            GroupId::CONTROLLER,
+                            payload,
+                            HINT_INTERVAL,
+                        )
+                        .await;
+                });
+            }
+        }
+    }
+
+    fn take_hints(&self, hints: Vec<Hint>) {
+        let mut known = self.hints.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for h in hints {
+            let g = GroupId(h.group);
+            let newer = known
+                .get(&g)
+                .is_none_or(|k| h.term >= k.hint.term || k.at.elapsed() > HINT_TTL);
+            if newer {
+                known.insert(g, KnownLeader { hint: h, at: now });
+            }
+        }
+    }
+
+    /// Stops every group (on shutdown) after flushing the logs.
+    pub async fn shutdown(&self) {
+        for p in self.all_partitions() {
+            self.stop_partition(&p, false).await;
+            if let Err(e) = p.log.flush() {
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "flush on shutdown failed");
+            }
+        }
+        let _ = self.controller.shutdown().await;
+    }
+}
+
+/// Answers peers: Raft RPCs for the groups hosted here, forwarded controller commands, and
+/// leader hints.
+pub struct PeerHandler(pub Arc<Cluster>);
+
+impl Handler for PeerHandler {
+    fn handle(&self, kind: u8, group: GroupId, payload: Bytes) -> BoxFuture<Reply> {
+        let cluster = Arc::clone(&self.0);
+        Box::pin(async move {
+            match kind {
+                KIND_PROPOSE => {
+                    let cmd: Command = match transport::decode(&payload) {
+                        Ok(c) => c,
+                        Err(e) => return Reply::Error(e.to_string()),
+                    };
+                    let outcome: std::result::Result<(), (i32, String)> =
+                        match cluster.propose_local(&cmd).await {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err((e.error_code().code(), e.to_string())),
+                        };
+                    match transport::encode(&outcome) {
+                        Ok(b) => Reply::Ok(b),
+                        Err(e) => Reply::Error(e.to_string()),
+                    }
+                }
+                KIND_HINTS => match transport::decode::<Vec<Hint>>(&payload) {
+                    Ok(h) => {
+                        cluster.take_hints(h);
+                        Reply::Ok(Bytes::new())
+                    }
+                    Err(e) => Reply::Error(e.to_string()),
+                },
+                _ => {
+                    let raft = cluster
+                        .groups
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&group)
+                        .cloned();
+                    match raft {
+                        Some(raft) => transport::handle_raft_rpc(&raft, kind, &payload).await,
+                        None => Reply::UnknownGroup,
+                    }
+                }
+            }
+        })
+    }
+}

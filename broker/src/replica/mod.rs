@@ -1,0 +1,60 @@
+//! Raft storage and state machines of this broker's groups (openraft 0.9).
+//!
+//! - [`store`]: `RaftLogStorage` over the segmented log, shared by every group: the log is the
+//!   Raft log, and the one Raft-index-to-offset translation lives there.
+//! - [`partition_sm`]: a partition's state machine (the high watermark).
+//! - [`controller_sm`]: the controller's state machine (cluster metadata).
+//! - [`raft_config`]: timing and snapshot settings per kind of group.
+
+// openraft's storage traits fix the error type (`StorageError`, about 200 bytes).
+#[allow(clippy::result_large_err)]
+pub mod controller_sm;
+#[allow(clippy::result_large_err)]
+pub mod partition_sm;
+#[allow(clippy::result_large_err)]
+pub mod store;
+
+use std::sync::Arc;
+
+/// Heartbeat interval of every group.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 250;
+/// Election timeouts: a follower that hears nothing from a leader for a random time in this
+/// range stands for election. Failover time is dominated by it.
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 1000;
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 2000;
+/// Most entries one AppendEntries carries.
+pub const APPEND_ENTRIES_MAX: u64 = 256;
+
+/// Settings of a partition group: no automatic snapshots or purges (a partition's log is its
+/// data; retention decides what goes), a snapshot is built on demand for lagging followers.
+pub fn partition_raft_config() -> Arc<openraft::Config> {
+    let c = openraft::Config {
+        cluster_name: "rafka-partition".into(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        max_payload_entries: APPEND_ENTRIES_MAX,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 1 << 40,
+        ..openraft::Config::default()
+    };
+    Arc::new(c.validate().expect("partition Raft config is valid"))
+}
+
+/// Settings of the controller group: snapshots of the metadata every
+/// [`controller_sm::CONTROLLER_SNAPSHOT_EVERY`] entries let its log be purged.
+pub fn controller_raft_config() -> Arc<openraft::Config> {
+    let c = openraft::Config {
+        cluster_name: "rafka-controller".into(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        max_payload_entries: APPEND_ENTRIES_MAX,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+            controller_sm::CONTROLLER_SNAPSHOT_EVERY,
+        ),
+        max_in_snapshot_log_to_keep: 100,
+        ..openraft::Config::default()
+    };
+    Arc::new(c.validate().expect("controller Raft config is valid"))
+}
