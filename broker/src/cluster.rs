@@ -145,45 +145,126 @@ impl Partition {
         (isr, lags)
     }
 
-    /// Proposes the producer's batches and waits until they are committed (acks=all; acks=1
-    /// waits the same, which is stronger than asked). Returns the base offset of the first.
-    pub async fn append(&self, records: Bytes, timeout: Duration) -> Result<(Offset, u64)> {
+    /// Proposes the producer's batches and waits until they are committed (acks=all), or only
+    /// until they are in this leader's log (acks=1: not yet fsynced nor replicated, as in
+    /// Kafka). Returns the base offset of the first batch and the number of records.
+    pub async fn append(
+        &self,
+        records: Bytes,
+        acks: i32,
+        timeout: Duration,
+    ) -> Result<(Offset, u64)> {
         self.ensure_leader()?;
         let batches = self.log.check_append(&records)?;
         let count = batches.len();
+        let records_total: u64 = batches
+            .iter()
+            .map(|b| {
+                rafka_protocol::BatchHeader::parse(b).map_or(0, |h| h.last_offset_delta as u64 + 1)
+            })
+            .sum();
+        let started = Instant::now();
+        let outcome = if acks == rafka_protocol::api::acks::LEADER {
+            self.append_leader_only(batches, timeout).await
+        } else {
+            self.append_committed(batches, timeout).await
+        };
+        // A refusal before anything was proposed is NOT_LEADER (safe to retry elsewhere);
+        // anything later is an unknown outcome: the batch may still be committed.
+        let first = outcome.map_err(|(i, e)| match e {
+            WriteFailure::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                if i == 0 =>
+            {
+                Error::NotLeader {
+                    what: format!("{}-{}", self.topic, self.index),
+                    leader: f.leader_id.filter(|l| *l != self.node_id),
+                }
+            }
+            WriteFailure::Raft(e) => {
+                Error::OutcomeUnknown(format!("batch {} of {count}: {e}", i + 1))
+            }
+            WriteFailure::TimedOut(t) => Error::OutcomeUnknown(format!(
+                "batch {} of {count} not done within {} ms",
+                i + 1,
+                t.as_millis()
+            )),
+        })?;
+        metrics::histogram!("rafka_commit_latency_seconds").record(started.elapsed().as_secs_f64());
+        Ok((first, records_total))
+    }
+
+    async fn append_committed(
+        &self,
+        batches: Vec<Bytes>,
+        timeout: Duration,
+    ) -> std::result::Result<Offset, (usize, WriteFailure)> {
         let writes = batches
             .into_iter()
             .map(|b| self.raft.client_write(Batch(b)));
-        let all = futures::future::join_all(writes);
-        let started = Instant::now();
-        let results = tokio::time::timeout(timeout, all).await.map_err(|_| {
-            Error::OutcomeUnknown(format!("not committed within {} ms", timeout.as_millis()))
-        })?;
+        let results = tokio::time::timeout(timeout, futures::future::join_all(writes))
+            .await
+            .map_err(|_| (0, timed_out(timeout)))?;
         let mut first = None;
-        let mut records_total = 0;
         for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(resp) => {
-                    first.get_or_insert(Offset(resp.data.base_offset));
-                    records_total += resp.data.last_offset + 1 - resp.data.base_offset;
+            let resp = r.map_err(|e| (i, WriteFailure::Raft(e)))?;
+            first.get_or_insert(Offset(resp.data.base_offset));
+        }
+        Ok(first.unwrap_or_default())
+    }
+
+    async fn append_leader_only(
+        &self,
+        batches: Vec<Bytes>,
+        timeout: Duration,
+    ) -> std::result::Result<Offset, (usize, WriteFailure)> {
+        let mut first = None;
+        let mut watched = Vec::with_capacity(batches.len());
+        for (i, b) in batches.into_iter().enumerate() {
+            let ptr = b.as_ptr() as usize;
+            let appended = self.shared.watch_local_append(&b);
+            let raft = self.raft.clone();
+            // The write goes on to commit after this answer; only its local append is awaited.
+            let write = tokio::spawn(async move { raft.client_write(Batch(b)).await });
+            watched.push((i, ptr, appended, write));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut failure = None;
+        for (i, ptr, appended, write) in watched {
+            let outcome = tokio::select! {
+                offset = appended => offset.ok(),
+                done = write => match done {
+                    Ok(Err(e)) => {
+                        failure.get_or_insert((i, WriteFailure::Raft(e)));
+                        None
+                    }
+                    // Committed (so appended) before the append notice was seen.
+                    Ok(Ok(resp)) => Some(Offset(resp.data.base_offset)),
+                    Err(_) => None,
+                },
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+            self.shared.forget_local_append(ptr);
+            match outcome {
+                Some(o) => {
+                    first.get_or_insert(o);
                 }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) if i == 0 => {
-                    return Err(Error::NotLeader {
-                        what: format!("{}-{}", self.topic, self.index),
-                        leader: f.leader_id.filter(|l| *l != self.node_id),
-                    });
-                }
-                Err(e) => {
-                    return Err(Error::OutcomeUnknown(format!(
-                        "batch {} of {count}: {e}",
-                        i + 1
-                    )))
+                None => {
+                    return Err(failure.unwrap_or((i, timed_out(timeout))));
                 }
             }
         }
-        metrics::histogram!("rafka_commit_latency_seconds").record(started.elapsed().as_secs_f64());
-        Ok((first.unwrap_or_default(), records_total))
+        Ok(first.unwrap_or_default())
     }
+}
+
+/// Why a proposed batch has no answer.
+enum WriteFailure {
+    Raft(RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>),
+    TimedOut(Duration),
+}
+
+fn timed_out(timeout: Duration) -> WriteFailure {
+    WriteFailure::TimedOut(timeout)
 }
 
 impl Partition {

@@ -13,7 +13,7 @@
 //! fdatasyncs and only then tells openraft the entries are durable, so votes are granted and
 //! commits counted only on fsynced data. One fdatasync covers every append queued before it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ use rafka_raft::entry;
 use rafka_raft::types::{Entry, LogId, StorageError, StoredMembership, Vote};
 use rafka_raft::{GroupId, TypeConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::fs::Fs;
 use crate::log::{FlushPolicy, Log};
@@ -81,6 +81,9 @@ pub struct Shared {
     map: Mutex<IndexMap>,
     /// Signalled when a snapshot install has reset the log (a purge past the end waits on it).
     reset: Notify,
+    /// acks=1 producers waiting for their batch's local append, by the address of the batch's
+    /// bytes (on the leader openraft hands storage the very `Bytes` the producer proposed).
+    local_appends: Mutex<HashMap<usize, oneshot::Sender<Offset>>>,
 }
 
 impl Debug for Shared {
@@ -147,6 +150,7 @@ impl Shared {
             meta: Mutex::new(meta),
             map: Mutex::new(map),
             reset: Notify::new(),
+            local_appends: Mutex::new(HashMap::new()),
         });
         shared.persist_meta()?;
         Ok(shared)
@@ -186,6 +190,25 @@ impl Shared {
             std::cmp::Ordering::Equal => Some(self.log.log_end_offset()),
             std::cmp::Ordering::Greater => None,
         }
+    }
+
+    /// Registers interest in the local append of `batch` (acks=1): the receiver gets the batch's
+    /// base offset once it is in this replica's log (not yet fsynced or committed).
+    pub fn watch_local_append(&self, batch: &Bytes) -> oneshot::Receiver<Offset> {
+        let (tx, rx) = oneshot::channel();
+        self.local_appends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(batch.as_ptr() as usize, tx);
+        rx
+    }
+
+    /// Drops a registration made by [`Shared::watch_local_append`].
+    pub fn forget_local_append(&self, batch_ptr: usize) {
+        self.local_appends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&batch_ptr);
     }
 
     /// The last entry that starts below `offset` (the entries a purge up to `offset` removes).
@@ -429,11 +452,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 ));
             }
             let batch: Bytes = entry::to_batch(&e);
+            let ptr = batch.as_ptr() as usize;
             let term = e.log_id.leader_id.term;
             let info = shared
                 .log
                 .append(batch, LeaderEpoch(term as i32))
                 .map_err(|err| io_err(ErrorVerb::Write, err))?;
+            let waiter = shared
+                .local_appends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ptr);
+            if let Some(w) = waiter {
+                let _ = w.send(info.base_offset);
+            }
             let mut map = shared.map();
             map.bases.push_back(info.base_offset);
             map.last_term = term;

@@ -3,10 +3,10 @@
 //! which (as Kinesis' PutRecords does).
 //!
 //! Only the partition's leader appends: each batch is proposed to the partition's Raft group
-//! and answered once committed (a majority has it fsynced) and applied, so the offsets in the
-//! answer are final and readers (bounded by the high watermark) can see the records.
-//! acks=all and acks=1 both wait for the commit (acks=1 is therefore as safe as acks=all, and
-//! as slow); acks=0 is proposed the same way but never answered. A write whose fate is
+//! and, with acks=all, answered once committed (a majority has it fsynced) and applied, so the
+//! offsets in the answer are final and readers (bounded by the high watermark) see the records.
+//! acks=1 answers once the batches are in the leader's log (not yet fsynced or replicated);
+//! acks=0 is proposed the same way but never answered. A write whose fate is
 //! unknown (no commit within the request's timeout, or leadership lost while waiting) is
 //! answered REQUEST_TIMED_OUT: it may still be committed, so a retry may duplicate it.
 
@@ -105,7 +105,7 @@ async fn append_one(
     } else {
         Duration::from_millis(u64::from(timeout_ms)).min(PRODUCE_TIMEOUT_MAX)
     };
-    match partition.append(p.records, timeout).await {
+    match partition.append(p.records, acks, timeout).await {
         Ok((base_offset, records)) => {
             metrics::counter!("rafka_bytes_in_total", "topic" => topic.clone()).increment(bytes);
             metrics::counter!("rafka_records_in_total", "topic" => topic).increment(records);
