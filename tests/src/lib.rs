@@ -3,5 +3,7 @@
 //! Tests here drive real broker processes over real TCP with real files; unit tests live beside
 //! the code they test. [`harness`] starts and stops brokers and finds the binaries.
 
+pub mod checksums;
+pub mod cluster;
 pub mod harness;
 pub mod proxy;

@@ -109,3 +109,166 @@ async fn pump(client: TcpStream, server: TcpStream, budget: u64) -> bool {
     upstream.abort();
     cut
 }
+
+/// Counters of a [`LinkProxy`].
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Connections forwarded to the upstream.
+    pub forwarded: AtomicU64,
+    /// Connections closed at once because the link was cut.
+    pub refused: AtomicU64,
+    /// Connections open right now.
+    pub live: AtomicU64,
+}
+
+/// A directed network link between two brokers that a test can cut and heal: a TCP proxy in
+/// front of one broker's peer port, dialed by exactly one other broker (given the proxy's
+/// address in its `--peers`). Cutting every link to and from a broker isolates it without
+/// network namespaces.
+///
+/// While cut, every open connection is closed and new connections are accepted and closed at
+/// once, so the dialing broker sees its connection attempts fail; after [`LinkProxy::heal`]
+/// connections are forwarded again. The proxy runs on its own thread and runtime, so it keeps
+/// forwarding whatever the test's runtime is doing.
+pub struct LinkProxy {
+    pub addr: SocketAddr,
+    pub upstream: String,
+    pub stats: Arc<LinkStats>,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LinkProxy {
+    /// Listens on an ephemeral 127.0.0.1 port and forwards every connection to `upstream`.
+    pub fn start(upstream: impl Into<String>) -> LinkProxy {
+        let upstream = upstream.into();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind link proxy");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let addr = listener.local_addr().expect("link proxy addr");
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stats = Arc::new(LinkStats::default());
+        let thread = {
+            let upstream = upstream.clone();
+            let stats = Arc::clone(&stats);
+            std::thread::Builder::new()
+                .name(format!("link-{addr}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("link proxy runtime");
+                    rt.block_on(async move {
+                        let listener = TcpListener::from_std(listener).expect("tokio listener");
+                        tokio::select! {
+                            _ = link_accept(listener, upstream, cut_rx, stats) => {}
+                            _ = stop_rx => {}
+                        }
+                    });
+                    // Dropping the runtime drops every connection task, closing its sockets.
+                })
+                .expect("spawn link proxy thread")
+        };
+        LinkProxy {
+            addr,
+            upstream,
+            stats,
+            cut: Arc::new(cut_tx),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Cuts the link: closes every open connection (waiting until they are gone, up to 5 s)
+    /// and closes new ones as soon as they are accepted, until [`LinkProxy::heal`].
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.stats.live.load(Ordering::Acquire) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "link proxy {} -> {}: {} connections still open 5 s after the cut",
+                self.addr,
+                self.upstream,
+                self.stats.live.load(Ordering::Acquire)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Forwards new connections again.
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        *self.cut.borrow()
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn link_accept(
+    listener: TcpListener,
+    upstream: String,
+    cut: tokio::sync::watch::Receiver<bool>,
+    stats: Arc<LinkStats>,
+) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        if *cut.borrow() {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            drop(client);
+            continue;
+        }
+        // Counted as live from here, so a cut waits for this connection too.
+        stats.live.fetch_add(1, Ordering::AcqRel);
+        let upstream = upstream.clone();
+        let mut cut = cut.clone();
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let counters = Arc::clone(&stats);
+            let forward = async move {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    let _ = cw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            };
+            tokio::select! {
+                _ = forward => {}
+                // `wait_for` sees a cut made before this task started, too.
+                _ = cut.wait_for(|c| *c) => {}
+            }
+            // Both sockets were moved into `forward`, which is dropped by now: closed.
+            stats.live.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}

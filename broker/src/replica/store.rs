@@ -305,17 +305,20 @@ impl Shared {
     }
 }
 
+/// What to do once appended entries are durable (or the flush failed).
+type Durable = Box<dyn FnOnce(std::io::Result<()>) + Send>;
+
 /// openraft's log storage (and log reader) for one group.
 #[derive(Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
-    flusher: mpsc::Sender<(LogFlushed<TypeConfig>, bool)>,
+    flusher: mpsc::Sender<(Durable, bool)>,
 }
 
 impl LogStore {
     /// Starts the group's flusher task.
     pub fn new(shared: Arc<Shared>) -> LogStore {
-        let (tx, mut rx) = mpsc::channel::<(LogFlushed<TypeConfig>, bool)>(FLUSH_QUEUE_DEPTH);
+        let (tx, mut rx) = mpsc::channel::<(Durable, bool)>(FLUSH_QUEUE_DEPTH);
         let log = Arc::clone(&shared.log);
         let group = shared.group;
         tokio::spawn(async move {
@@ -343,7 +346,7 @@ impl LogStore {
                         Ok(()) => Ok(()),
                         Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
                     };
-                    cb.log_io_completed(r);
+                    cb(r);
                 }
             }
         });
@@ -355,6 +358,62 @@ impl LogStore {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Appends `entries` (readable on return) and calls `durable` once they are durable.
+    async fn append_with(&self, entries: Vec<Entry>, durable: Durable) -> Result<(), StorageError> {
+        let shared = &self.shared;
+        for e in entries {
+            let expected = shared.map().next_index();
+            if e.log_id.index != expected {
+                return Err(anyhow_err(
+                    ErrorVerb::Write,
+                    format!(
+                        "append of entry {} where {expected} is next",
+                        e.log_id.index
+                    ),
+                ));
+            }
+            let batch: Bytes = entry::to_batch(&e);
+            let ptr = batch.as_ptr() as usize;
+            let term = e.log_id.leader_id.term;
+            let info = shared
+                .log
+                .append(batch, LeaderEpoch(term as i32))
+                .map_err(|err| io_err(ErrorVerb::Write, err))?;
+            let waiter = shared
+                .local_appends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ptr);
+            if let Some(w) = waiter {
+                let _ = w.send(info.base_offset);
+            }
+            let mut map = shared.map();
+            map.bases.push_back(info.base_offset);
+            map.last_term = term;
+        }
+        let sync = shared.log.config().flush == FlushPolicy::Manual;
+        self.flusher
+            .send((durable, sync))
+            .await
+            .map_err(|_| anyhow_err(ErrorVerb::Write, "the flusher has stopped".into()))
+    }
+
+    /// Appends and waits until the entries are durable (for tests and tools; openraft uses
+    /// its callback).
+    pub async fn append_durably(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.append_with(
+            entries,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .await?;
+        rx.await
+            .map_err(|_| anyhow_err(ErrorVerb::Write, "the flusher has stopped".into()))?
+            .map_err(|e| io_err(ErrorVerb::Write, e))
     }
 }
 
@@ -439,43 +498,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let shared = &self.shared;
-        for e in entries {
-            let expected = shared.map().next_index();
-            if e.log_id.index != expected {
-                return Err(anyhow_err(
-                    ErrorVerb::Write,
-                    format!(
-                        "append of entry {} where {expected} is next",
-                        e.log_id.index
-                    ),
-                ));
-            }
-            let batch: Bytes = entry::to_batch(&e);
-            let ptr = batch.as_ptr() as usize;
-            let term = e.log_id.leader_id.term;
-            let info = shared
-                .log
-                .append(batch, LeaderEpoch(term as i32))
-                .map_err(|err| io_err(ErrorVerb::Write, err))?;
-            let waiter = shared
-                .local_appends
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&ptr);
-            if let Some(w) = waiter {
-                let _ = w.send(info.base_offset);
-            }
-            let mut map = shared.map();
-            map.bases.push_back(info.base_offset);
-            map.last_term = term;
-        }
-        let sync = shared.log.config().flush == FlushPolicy::Manual;
-        self.flusher
-            .send((callback, sync))
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.append_with(entries, Box::new(move |r| callback.log_io_completed(r)))
             .await
-            .map_err(|_| anyhow_err(ErrorVerb::Write, "the flusher has stopped".into()))?;
-        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
