@@ -5,5 +5,6 @@
 
 pub mod checksums;
 pub mod cluster;
+pub mod compose;
 pub mod harness;
 pub mod proxy;
