@@ -44,8 +44,17 @@ use crate::replica::store::{LogStore, Shared};
 use crate::replica::{controller_raft_config, partition_raft_config};
 use crate::topics::effective_config;
 
-/// How often leaders announce themselves to the other brokers.
-pub const HINT_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a broker announces itself (liveness) and the groups it leads to the others.
+pub const HINT_INTERVAL: Duration = Duration::from_millis(250);
+/// A broker not heard from for this long is presumed down: its groups elect new leaders.
+pub const PEER_DEAD_AFTER: Duration = Duration::from_millis(800);
+/// How often the election driver looks at the groups.
+const ELECTION_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// A replica that lost its leader stands within this random delay...
+const ELECTION_JITTER: Duration = Duration::from_millis(400);
+/// ...and, while there is still no leader, again after a random delay in this range.
+const ELECTION_RETRY_MIN: Duration = Duration::from_millis(600);
+const ELECTION_RETRY_MAX: Duration = Duration::from_millis(1200);
 /// A leader hint older than this is not trusted.
 const HINT_TTL: Duration = Duration::from_secs(3);
 /// A follower more than this many entries behind the leader is out of sync.
@@ -300,6 +309,13 @@ impl Partition {
     }
 }
 
+/// What a broker announces every [`HINT_INTERVAL`]: that it is alive, and the groups it leads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Announcement {
+    from: NodeId,
+    hints: Vec<Hint>,
+}
+
 /// What a leader announces about a group it leads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Hint {
@@ -347,6 +363,8 @@ pub struct Cluster {
     partitions: RwLock<BTreeMap<(String, u32), Arc<Partition>>>,
     groups: RwLock<HashMap<GroupId, Raft>>,
     hints: Mutex<HashMap<GroupId, KnownLeader>>,
+    /// When each other broker was last heard from (its announcements).
+    heard: Mutex<HashMap<NodeId, Instant>>,
     created: Mutex<BTreeSet<u64>>,
     reconciling: tokio::sync::Mutex<()>,
     _lock: std::fs::File,
@@ -498,6 +516,7 @@ impl Cluster {
             partitions: RwLock::new(BTreeMap::new()),
             groups: RwLock::new(HashMap::from([(GroupId::CONTROLLER, controller)])),
             hints: Mutex::new(HashMap::new()),
+            heard: Mutex::new(HashMap::new()),
             created: Mutex::new(created.groups),
             reconciling: tokio::sync::Mutex::new(()),
             _lock: lock,
@@ -896,35 +915,45 @@ impl Cluster {
         }
     }
 
-    /// Registers this broker's client address with the controller (retrying until it sticks),
-    /// then announces the groups it leads every [`HINT_INTERVAL`] until `shutdown`.
-    pub async fn run_announcer(
+    /// Registers this broker's client address with the controller, retrying until it sticks
+    /// and again whenever the controller's state forgets it, until `shutdown`.
+    pub async fn run_registration(
         self: Arc<Self>,
         advertise: String,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut registered = false;
+        loop {
+            let known = self
+                .state()
+                .brokers
+                .get(&self.node_id)
+                .is_some_and(|b| b.client_addr == advertise);
+            if !known {
+                let cmd = Command::RegisterBroker {
+                    id: self.node_id,
+                    client_addr: advertise.clone(),
+                };
+                if let Err(e) = self.propose(cmd).await {
+                    tracing::debug!(error = %e, "registration not done yet");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Every [`HINT_INTERVAL`], tells every other broker that this one is alive and which
+    /// groups it leads, until `shutdown`. This one message per peer per tick replaces the
+    /// per-group heartbeats of partition groups (see [`Cluster::run_elections`]).
+    pub async fn run_announcer(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(HINT_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
-            }
-            let known = self
-                .state()
-                .brokers
-                .get(&self.node_id)
-                .is_some_and(|b| b.client_addr == advertise);
-            if !registered || !known {
-                let cmd = Command::RegisterBroker {
-                    id: self.node_id,
-                    client_addr: advertise.clone(),
-                };
-                match self.propose(cmd).await {
-                    Ok(()) => registered = true,
-                    Err(e) => tracing::debug!(error = %e, "registration not done yet"),
-                }
             }
             let hints: Vec<Hint> = self
                 .all_partitions()
@@ -939,7 +968,10 @@ impl Cluster {
                     high_watermark: p.high_watermark().0,
                 })
                 .collect();
-            let payload = match transport::encode(&hints) {
+            let payload = match transport::encode(&Announcement {
+                from: self.node_id,
+                hints,
+            }) {
                 Ok(p) => p,
                 Err(_) => continue,
             };
@@ -961,16 +993,88 @@ impl Cluster {
         }
     }
 
-    fn take_hints(&self, hints: Vec<Hint>) {
+    fn take_announcement(&self, a: Announcement) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(a.from, Instant::now());
         let mut known = self.hints.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        for h in hints {
+        for h in a.hints {
             let g = GroupId(h.group);
             let newer = known
                 .get(&g)
                 .is_none_or(|k| h.term >= k.hint.term || k.at.elapsed() > HINT_TTL);
             if newer {
                 known.insert(g, KnownLeader { hint: h, at: now });
+            }
+        }
+    }
+
+    /// Whether broker `node` has been heard from recently (this broker always has).
+    fn is_alive(&self, node: NodeId) -> bool {
+        node == self.node_id
+            || self
+                .heard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&node)
+                .is_some_and(|t| t.elapsed() < PEER_DEAD_AFTER)
+    }
+
+    /// Failure detection for partition groups, in place of openraft's per-group heartbeats
+    /// and election timers (switched off for partitions: 1,000 idle groups sending their own
+    /// heartbeats cost most of a core). A broker is alive while its announcements arrive
+    /// (every [`HINT_INTERVAL`]); when the leader of a group this broker is a voter of has not
+    /// been heard from for [`PEER_DEAD_AFTER`], or the group has no leader, this replica stands
+    /// for election after a random delay (so replicas of a group, and groups, do not all stand
+    /// at once). Raft's own rules still decide: a candidate with a shorter log loses.
+    pub async fn run_elections(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        use rand::Rng;
+        let mut next_attempt: HashMap<GroupId, Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(ELECTION_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = Instant::now();
+            let partitions = self.all_partitions();
+            next_attempt.retain(|g, _| partitions.iter().any(|p| p.group == *g));
+            for p in partitions {
+                let (leader, voter) = {
+                    let m = p.raft.metrics();
+                    let m = m.borrow();
+                    let voter = m
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == self.node_id);
+                    (m.current_leader, voter)
+                };
+                let healthy = match leader {
+                    Some(l) if l == self.node_id => p.is_leader(),
+                    Some(l) => self.is_alive(l),
+                    None => false,
+                };
+                let jitter = |lo: Duration, hi: Duration| {
+                    let ms = rand::thread_rng().gen_range(lo.as_millis()..=hi.as_millis());
+                    now + Duration::from_millis(ms as u64)
+                };
+                if healthy || !voter {
+                    // Next time the leader is lost, wait a fresh random delay first.
+                    next_attempt.insert(p.group, jitter(Duration::ZERO, ELECTION_JITTER));
+                    continue;
+                }
+                let due = next_attempt
+                    .entry(p.group)
+                    .or_insert_with(|| jitter(Duration::ZERO, ELECTION_JITTER));
+                if now >= *due {
+                    *due = jitter(ELECTION_RETRY_MIN, ELECTION_RETRY_MAX);
+                    tracing::debug!(group = %p.group, ?leader, "leader lost: standing for election");
+                    let _ = p.raft.trigger().elect().await;
+                }
             }
         }
     }
@@ -1011,9 +1115,9 @@ impl Handler for PeerHandler {
                         Err(e) => Reply::Error(e.to_string()),
                     }
                 }
-                KIND_HINTS => match transport::decode::<Vec<Hint>>(&payload) {
-                    Ok(h) => {
-                        cluster.take_hints(h);
+                KIND_HINTS => match transport::decode::<Announcement>(&payload) {
+                    Ok(a) => {
+                        cluster.take_announcement(a);
                         Reply::Ok(Bytes::new())
                     }
                     Err(e) => Reply::Error(e.to_string()),

@@ -119,9 +119,11 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
         "serving"
     );
     let reconciler = tokio::spawn(Arc::clone(&cluster).run_reconciler(shutdown_rx.clone()));
-    let announcer = tokio::spawn(
-        Arc::clone(&cluster).run_announcer(ctx.config.advertise.clone(), shutdown_rx.clone()),
+    let registration = tokio::spawn(
+        Arc::clone(&cluster).run_registration(ctx.config.advertise.clone(), shutdown_rx.clone()),
     );
+    let announcer = tokio::spawn(Arc::clone(&cluster).run_announcer(shutdown_rx.clone()));
+    let elections = tokio::spawn(Arc::clone(&cluster).run_elections(shutdown_rx.clone()));
     let http_task = tokio::spawn(crate::http::serve(http, Arc::clone(&ctx), metrics.clone()));
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&ctx), metrics));
     let server_task = tokio::spawn(server.run());
@@ -134,6 +136,8 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
     let _ = http_task.await;
     let _ = reconciler.await;
     let _ = announcer.await;
+    let _ = registration.await;
+    let _ = elections.await;
     cluster.shutdown().await;
     if let Some(t) = peer_task {
         t.abort();

@@ -22,17 +22,26 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 250;
 /// range stands for election. Failover time is dominated by it.
 pub const ELECTION_TIMEOUT_MIN_MS: u64 = 1000;
 pub const ELECTION_TIMEOUT_MAX_MS: u64 = 2000;
+/// Leader lease of partition groups (their `election_timeout` range).
+pub const PARTITION_LEASE_MIN_MS: u64 = 500;
+pub const PARTITION_LEASE_MAX_MS: u64 = 800;
 /// Most entries one AppendEntries carries.
 pub const APPEND_ENTRIES_MAX: u64 = 256;
 
 /// Settings of a partition group: no automatic snapshots or purges (a partition's log is its
 /// data; retention decides what goes), a snapshot is built on demand for lagging followers.
+/// No heartbeats and no election timers of its own: the broker's failure detector
+/// (`Cluster::run_elections`), fed by one announcement per peer per tick, starts elections.
+/// The election timeout then only sets the leader lease (how long a voter that heard from
+/// a leader refuses to vote for another), so it is short.
 pub fn partition_raft_config() -> Arc<openraft::Config> {
     let c = openraft::Config {
         cluster_name: "rafka-partition".into(),
         heartbeat_interval: HEARTBEAT_INTERVAL_MS,
-        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
-        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        election_timeout_min: PARTITION_LEASE_MIN_MS,
+        election_timeout_max: PARTITION_LEASE_MAX_MS,
+        enable_heartbeat: false,
+        enable_elect: false,
         max_payload_entries: APPEND_ENTRIES_MAX,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1 << 40,
