@@ -49,7 +49,7 @@ pub const HINT_INTERVAL: Duration = Duration::from_millis(250);
 /// A broker not heard from for this long is presumed down: its groups elect new leaders.
 pub const PEER_DEAD_AFTER: Duration = Duration::from_millis(800);
 /// How often the election driver looks at the groups.
-const ELECTION_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+const ELECTION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// A replica that lost its leader stands within this random delay...
 const ELECTION_JITTER: Duration = Duration::from_millis(400);
 /// ...and, while there is still no leader, again after a random delay in this range.
@@ -1041,18 +1041,15 @@ impl Cluster {
             }
             let now = Instant::now();
             let partitions = self.all_partitions();
-            next_attempt.retain(|g, _| partitions.iter().any(|p| p.group == *g));
+            if next_attempt.len() > partitions.len() {
+                let live: std::collections::HashSet<GroupId> =
+                    partitions.iter().map(|p| p.group).collect();
+                next_attempt.retain(|g, _| live.contains(g));
+            }
             for p in partitions {
-                let (leader, voter) = {
-                    let m = p.raft.metrics();
-                    let m = m.borrow();
-                    let voter = m
-                        .membership_config
-                        .membership()
-                        .voter_ids()
-                        .any(|v| v == self.node_id);
-                    (m.current_leader, voter)
-                };
+                // Membership never changes after creation: the assigned replicas are the voters.
+                let voter = p.replicas.contains(&self.node_id);
+                let leader = p.raft.metrics().borrow().current_leader;
                 let healthy = match leader {
                     Some(l) if l == self.node_id => p.is_leader(),
                     Some(l) => self.is_alive(l),
