@@ -733,9 +733,20 @@ impl Cluster {
 
     /// Reads node `id`'s segments of a partition (see [`checksums::read_partition`]).
     pub fn read_partition(&self, id: i32, topic: &str, partition: u32) -> PartitionLog {
+        self.try_read_partition(id, topic, partition)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Cluster::read_partition`], with a missing or unreadable directory as an error.
+    pub fn try_read_partition(
+        &self,
+        id: i32,
+        topic: &str,
+        partition: u32,
+    ) -> Result<PartitionLog, String> {
         let dir = self.node(id).partition_dir(topic, partition);
         checksums::read_partition(&dir)
-            .unwrap_or_else(|e| panic!("node {id}: cannot read {}: {e}", dir.display()))
+            .map_err(|e| format!("node {id}: cannot read {}: {e}", dir.display()))
     }
 
     /// Compares every node's copy of a partition over `0..committed`.
@@ -747,10 +758,7 @@ impl Cluster {
     ) -> Result<Agreement, String> {
         let mut logs = Vec::new();
         for id in self.ids() {
-            let dir = self.node(id).partition_dir(topic, partition);
-            let log = checksums::read_partition(&dir)
-                .map_err(|e| format!("node {id}: cannot read {}: {e}", dir.display()))?;
-            logs.push((id, log));
+            logs.push((id, self.try_read_partition(id, topic, partition)?));
         }
         checksums::compare_replicas(&logs, 0, committed)
     }
