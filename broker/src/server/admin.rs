@@ -62,7 +62,8 @@ async fn create_one(ctx: &Context, t: CreatableTopic, validate_only: bool) -> cr
         })
         .await?;
     // Answer once the partitions can take writes, so that "create, then produce" just works.
-    ctx.cluster.wait_for_leaders(&t.name).await
+    ctx.cluster.wait_for_leaders(&t.name).await;
+    Ok(())
 }
 
 pub async fn create_topics(ctx: Arc<Context>, req: CreateTopicsRequest) -> CreateTopicsResponse {
