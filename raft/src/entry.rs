@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use openraft::{CommittedLeaderId, EntryPayload};
 use rafka_protocol::batch::{BatchBuilder, BatchOptions};
-use rafka_protocol::{RecordBatch, Timestamp};
+use rafka_protocol::RecordBatch;
 
 use crate::error::{Error, Result};
 use crate::types::{Batch, Entry, LogId, Membership, NodeId};
@@ -32,7 +32,9 @@ fn control_batch(kind: i16, value: Option<&[u8]>) -> Bytes {
         control: true,
         ..BatchOptions::default()
     });
-    b.append(Some(Timestamp::now()), Some(&control_key(kind)), value, &[]);
+    // No timestamp: every replica builds this batch itself from the entry, so it must come
+    // out byte for byte the same everywhere (a clock reading would not).
+    b.append(None, Some(&control_key(kind)), value, &[]);
     b.build()
 }
 
@@ -129,6 +131,17 @@ mod tests {
             EntryPayload::Membership(got) => assert_eq!(got, m),
             other => panic!("expected membership, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn control_batches_are_the_same_bytes_on_every_replica() {
+        let blank = Entry {
+            log_id: log_id(3, 7),
+            payload: EntryPayload::Blank,
+        };
+        let first = to_batch(&blank);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_eq!(to_batch(&blank), first);
     }
 
     #[test]

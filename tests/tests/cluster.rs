@@ -506,7 +506,6 @@ fn median(values: &mut [Duration]) -> Duration {
 /// acks=all; each time a new leader must take over and the killed broker must come back and
 /// catch up. Nothing acknowledged may be lost, and the replicas must end identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: replicas store different control batches (raft/src/entry.rs stamps each replica's own clock into blank and membership batches)"]
 async fn leader_killed_ten_times_loses_no_acknowledged_record() {
     let _lock = exclusive().await;
     let seed = seed("leader_killed_ten_times");
@@ -563,7 +562,6 @@ async fn leader_killed_ten_times_loses_no_acknowledged_record() {
 /// follower keep committing; once resumed (SIGCONT), the follower catches up to an identical
 /// log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: replicas store different control batches (raft/src/entry.rs stamps each replica's own clock into blank and membership batches)"]
 async fn paused_follower_catches_up() {
     let _lock = exclusive().await;
     let seed = seed("paused_follower_catches_up");
@@ -611,7 +609,6 @@ async fn paused_follower_catches_up() {
 /// first leader): killed as leader, wiped, started again, it must rejoin as a follower of the
 /// group that exists rather than start a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bugs: a wiped follower makes the leader's openraft panic (follower log reversion, needs openraft feature loosen-follower-log-revert); control batches differ between replicas"]
 async fn wiped_follower_copies_the_whole_log_back() {
     let _lock = exclusive().await;
     let seed = seed("wiped_follower");
@@ -683,7 +680,6 @@ async fn wiped_follower_copies_the_whole_log_back() {
 /// leader that takes writes. After the links heal, the old leader's uncommitted tail is
 /// replaced and all three logs end identical, with every acknowledged record in them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: replicas store different control batches (raft/src/entry.rs stamps each replica's own clock into blank and membership batches)"]
 async fn isolated_leader_cannot_commit_and_its_tail_is_truncated() {
     let _lock = exclusive().await;
     let seed = seed("isolated_leader");
@@ -829,7 +825,6 @@ async fn isolated_leader_cannot_commit_and_its_tail_is_truncated() {
 /// e. Every broker is SIGKILLed at once while the producer writes to two partitions, then all
 /// are started again: everything acknowledged before the crash (and after) is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: replicas store different control batches (raft/src/entry.rs stamps each replica's own clock into blank and membership batches)"]
 async fn whole_cluster_killed_and_restarted_keeps_acknowledged_records() {
     let _lock = exclusive().await;
     let seed = seed("whole_cluster_killed");
