@@ -1011,6 +1011,21 @@ impl Cluster {
         }
     }
 
+    /// Whether another live broker announced, within [`PEER_DEAD_AFTER`], that it leads
+    /// `group`. A replica that has not heard from the leader itself (it just restarted, or
+    /// its log is behind) must not stand then: without pre-vote in openraft 0.9, its higher
+    /// term would depose a healthy leader even though it cannot win.
+    fn leader_announced(&self, group: GroupId) -> bool {
+        let hint = self
+            .hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .filter(|k| k.at.elapsed() < PEER_DEAD_AFTER)
+            .map(|k| k.hint.leader);
+        hint.is_some_and(|l| l != self.node_id && self.is_alive(l))
+    }
+
     /// Whether broker `node` has been heard from recently (this broker always has).
     fn is_alive(&self, node: NodeId) -> bool {
         node == self.node_id
@@ -1054,7 +1069,7 @@ impl Cluster {
                     Some(l) if l == self.node_id => p.is_leader(),
                     Some(l) => self.is_alive(l),
                     None => false,
-                };
+                } || self.leader_announced(p.group);
                 let jitter = |lo: Duration, hi: Duration| {
                     let ms = rand::thread_rng().gen_range(lo.as_millis()..=hi.as_millis());
                     now + Duration::from_millis(ms as u64)

@@ -38,8 +38,7 @@ fn sm_err(verb: ErrorVerb, msg: String) -> StorageError {
     .into()
 }
 
-/// The partition state machine (also its snapshot builder: snapshots are a few bytes).
-#[derive(Clone)]
+/// The partition state machine.
 pub struct PartitionSm {
     shared: Arc<Shared>,
     high_watermark: Arc<watch::Sender<Offset>>,
@@ -90,28 +89,54 @@ impl PartitionSm {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+/// A snapshot of the partition state machine, taken when openraft asks for a builder: the
+/// builder runs later, in another task, while the state machine goes on applying, so it must
+/// not read the live high watermark (a snapshot of entry X claiming the next offset after a
+/// later entry Y would start an installing follower's log at the wrong offset).
+pub struct PartitionSnapshot {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    next_offset: Offset,
+}
+
+impl PartitionSnapshot {
+    fn build(&self) -> Snapshot<TypeConfig> {
         let data = serde_json::to_vec(&SnapshotData {
-            next_offset: self.next_offset().0,
+            next_offset: self.next_offset.0,
         })
         .expect("snapshot serialises");
         let id = self.applied.map_or("empty".to_string(), |a| {
             format!("{}-{}", a.leader_id.term, a.index)
         });
-        Ok(Snapshot {
+        Snapshot {
             meta: SnapshotMeta {
                 last_log_id: self.applied,
                 last_membership: self.membership.clone(),
                 snapshot_id: id,
             },
             snapshot: Box::new(Cursor::new(data)),
-        })
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshot {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        Ok(self.build())
+    }
+}
+
+impl PartitionSm {
+    fn snapshot(&self) -> PartitionSnapshot {
+        PartitionSnapshot {
+            applied: self.applied,
+            membership: self.membership.clone(),
+            next_offset: self.next_offset(),
+        }
     }
 }
 
 impl RaftStateMachine<TypeConfig> for PartitionSm {
-    type SnapshotBuilder = PartitionSm;
+    type SnapshotBuilder = PartitionSnapshot;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         Ok((self.applied, self.membership.clone()))
@@ -160,8 +185,8 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         Ok(out)
     }
 
-    async fn get_snapshot_builder(&mut self) -> PartitionSm {
-        self.clone()
+    async fn get_snapshot_builder(&mut self) -> PartitionSnapshot {
+        self.snapshot()
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -194,6 +219,6 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         if self.applied.is_none() {
             return Ok(None);
         }
-        self.build_snapshot().await.map(Some)
+        Ok(Some(self.snapshot().build()))
     }
 }

@@ -227,10 +227,16 @@ impl Shared {
     /// Installs a snapshot ending at `last` whose next record offset is `next_offset`: unless the
     /// log already holds that entry, it is emptied and continues at `next_offset`.
     pub fn reset_to_snapshot(&self, last: LogId, next_offset: Offset) -> crate::error::Result<()> {
+        // The log holds the snapshot's last entry only if it has that index *with that term*:
+        // a divergent entry at the same index does not count.
         let holds = {
             let map = self.map();
             last.index >= map.first && last.index < map.next_index()
-        };
+        } && self
+            .read_entries(last.index, last.index + 1, 1)
+            .ok()
+            .and_then(|e| e.first().map(|e| e.log_id))
+            == Some(last);
         if !holds {
             self.update_meta(|m| {
                 m.last_purged = Some(last);
