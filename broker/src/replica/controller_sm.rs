@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
+use openraft::{EntryPayload, ErrorVerb};
 use rafka_protocol::batch::{BatchBuilder, BatchOptions};
 use rafka_protocol::{ErrorCode, RecordBatch, Timestamp};
 use rafka_raft::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
@@ -25,6 +25,7 @@ use rafka_raft::{Applied, NodeId, TypeConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::{sm_err, snapshot_id};
 use crate::fs::Fs;
 
 /// Entries between controller snapshots.
@@ -189,15 +190,6 @@ pub fn assign(voters: &[NodeId], topic_id: u32, partitions: u32, rf: u32) -> Vec
         .collect()
 }
 
-fn sm_err(verb: ErrorVerb, msg: String) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::StateMachine,
-        verb,
-        openraft::AnyError::error(msg),
-    )
-    .into()
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta,
@@ -253,9 +245,7 @@ impl ControllerSm {
         SnapshotMeta {
             last_log_id: self.applied,
             last_membership: self.membership.clone(),
-            snapshot_id: self.applied.map_or("empty".into(), |a| {
-                format!("{}-{}", a.leader_id.term, a.index)
-            }),
+            snapshot_id: snapshot_id(self.applied),
         }
     }
 }

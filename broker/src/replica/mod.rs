@@ -16,6 +16,26 @@ pub mod store;
 
 use std::sync::Arc;
 
+use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+use rafka_raft::types::{LogId, StorageError};
+
+/// A state machine's storage error, as openraft wants it.
+pub(crate) fn sm_err(verb: ErrorVerb, msg: String) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::StateMachine,
+        verb,
+        openraft::AnyError::error(msg),
+    )
+    .into()
+}
+
+/// The id of a snapshot ending at `last`: `term-index`, or `empty`.
+pub(crate) fn snapshot_id(last: Option<LogId>) -> String {
+    last.map_or("empty".to_string(), |a| {
+        format!("{}-{}", a.leader_id.term, a.index)
+    })
+}
+
 /// Heartbeat interval of every group.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 250;
 /// Election timeouts: a follower that hears nothing from a leader for a random time in this

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
+use openraft::{EntryPayload, ErrorVerb};
 use rafka_protocol::Offset;
 use rafka_raft::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use rafka_raft::{Applied, TypeConfig};
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::store::Shared;
+use super::{sm_err, snapshot_id};
 
 /// How often the applied position is written to `raft-meta.json` (it only shortens the
 /// replay after a restart, so it need not be current).
@@ -27,15 +28,6 @@ const APPLIED_PERSIST_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotData {
     next_offset: u64,
-}
-
-fn sm_err(verb: ErrorVerb, msg: String) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::StateMachine,
-        verb,
-        openraft::AnyError::error(msg),
-    )
-    .into()
 }
 
 /// The partition state machine.
@@ -105,14 +97,11 @@ impl PartitionSnapshot {
             next_offset: self.next_offset.0,
         })
         .expect("snapshot serialises");
-        let id = self.applied.map_or("empty".to_string(), |a| {
-            format!("{}-{}", a.leader_id.term, a.index)
-        });
         Snapshot {
             meta: SnapshotMeta {
                 last_log_id: self.applied,
                 last_membership: self.membership.clone(),
-                snapshot_id: id,
+                snapshot_id: snapshot_id(self.applied),
             },
             snapshot: Box::new(Cursor::new(data)),
         }
