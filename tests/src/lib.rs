@@ -7,4 +7,5 @@ pub mod checksums;
 pub mod cluster;
 pub mod compose;
 pub mod harness;
+pub mod jepsen;
 pub mod proxy;

@@ -1,0 +1,168 @@
+//! The history of a fault-suite run: every operation's invocation and completion, and every
+//! nemesis action, in the order they happened, one JSON object per line of `history.jsonl`.
+//!
+//! The checker works from this alone, so everything it needs is here: which process did what,
+//! when it was invoked and when it completed, whether it completed `ok`, `fail` (certainly had
+//! no effect) or `info` (indeterminate: it may or may not have taken effect), and the values
+//! and offsets involved.
+//!
+//! A line looks like
+//! `{"index":7,"time_ns":1200345,"process":3,"type":"ok","f":"send","value":{"partition":1,"value":"3-17","offset":42,"idempotent":false}}`.
+
+use std::io::{self, BufRead, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The process id of nemesis operations (workers are numbered from 0).
+pub const NEMESIS_PROCESS: i64 = -1;
+
+/// How an operation line relates to the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpType {
+    /// The process is about to perform the operation.
+    Invoke,
+    /// It completed and took effect.
+    Ok,
+    /// It completed and certainly took no effect.
+    Fail,
+    /// Its outcome is unknown (a write may or may not have been applied). Nemesis actions
+    /// are recorded as `info` too, as in Jepsen.
+    Info,
+}
+
+/// A write of one record with a unique value to one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendValue {
+    pub partition: u32,
+    /// Unique across the run: `"{process}-{sequence}"`.
+    pub value: String,
+    /// The offset the broker acknowledged; only on `ok` completions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Whether the producer was idempotent (duplicates are reported separately for each kind).
+    #[serde(default)]
+    pub idempotent: bool,
+}
+
+/// A read of a partition: a poll during the run, or the final read of everything after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadValue {
+    pub partition: u32,
+    /// The offset the read started from (the consumer's position), on invocations and
+    /// completions.
+    pub from: u64,
+    /// `(offset, value)` of every record returned, in the order returned; empty on
+    /// invocations and on `fail`/`info` completions.
+    #[serde(default)]
+    pub records: Vec<(u64, String)>,
+}
+
+/// A nemesis action: the start or the end of a fault window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NemesisValue {
+    /// `kill`, `pause`, `partition`, `lose-unsynced`, `kill-all`, ...
+    pub fault: String,
+    pub phase: NemesisPhase,
+    /// Broker ids affected.
+    #[serde(default)]
+    pub nodes: Vec<i32>,
+    /// Free text (for example "isolate 2 from 1,3").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NemesisPhase {
+    Start,
+    Stop,
+}
+
+/// What an operation does, with its value. Serialised as `"f": ..., "value": {...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "f", content = "value", rename_all = "snake_case")]
+pub enum Payload {
+    Send(SendValue),
+    Poll(ReadValue),
+    FinalRead(ReadValue),
+    Nemesis(NemesisValue),
+}
+
+/// One line of the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// Position in the history, from 0.
+    pub index: u64,
+    /// Nanoseconds since the run started.
+    pub time_ns: u64,
+    /// The worker (or [`NEMESIS_PROCESS`]). A worker whose operation ended `info` continues
+    /// under a fresh process id, as in Jepsen, so one process never has two operations open.
+    pub process: i64,
+    #[serde(rename = "type")]
+    pub kind: OpType,
+    #[serde(flatten)]
+    pub payload: Payload,
+    /// Why a `fail` or `info` completion failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Writes a history as JSON lines.
+pub fn write_jsonl(ops: &[Op], out: impl Write) -> io::Result<()> {
+    let mut out = io::BufWriter::new(out);
+    for op in ops {
+        serde_json::to_writer(&mut out, op)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+/// Reads a history written by [`write_jsonl`]. A malformed line is an error naming its number.
+pub fn read_jsonl(path: &Path) -> io::Result<Vec<Op>> {
+    let file = std::fs::File::open(path)?;
+    let mut ops = Vec::new();
+    for (n, line) in io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let op = serde_json::from_str(&line).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}:{}: {e}", path.display(), n + 1),
+            )
+        })?;
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_round_trips_in_the_documented_shape() {
+        let op = Op {
+            index: 7,
+            time_ns: 1_200_345,
+            process: 3,
+            kind: OpType::Ok,
+            payload: Payload::Send(SendValue {
+                partition: 1,
+                value: "3-17".into(),
+                offset: Some(42),
+                idempotent: false,
+            }),
+            error: None,
+        };
+        let line = serde_json::to_string(&op).unwrap();
+        assert_eq!(
+            line,
+            r#"{"index":7,"time_ns":1200345,"process":3,"type":"ok","f":"send","value":{"partition":1,"value":"3-17","offset":42,"idempotent":false}}"#
+        );
+        assert_eq!(serde_json::from_str::<Op>(&line).unwrap(), op);
+    }
+}
