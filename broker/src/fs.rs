@@ -85,12 +85,13 @@ impl Fs {
 
     /// Creates a new, empty file (failing if it exists), for reading and appending.
     pub fn create_new(&self, path: &Path) -> io::Result<FsFile> {
+        let mut tracker = self.tracker();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(path)?;
-        if let Some(mut t) = self.tracker() {
+        if let Some(t) = tracker.as_mut() {
             t.files.insert(
                 path.to_path_buf(),
                 Tracked {
@@ -127,8 +128,9 @@ impl Fs {
 
     /// Removes a file. The removal is durable only after [`Fs::sync_dir`] on its directory.
     pub fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut tracker = self.tracker();
         std::fs::remove_file(path)?;
-        if let Some(mut t) = self.tracker() {
+        if let Some(t) = tracker.as_mut() {
             t.files.remove(path);
             t.unsynced_creations.remove(path);
         }
@@ -137,9 +139,21 @@ impl Fs {
 
     /// Fsyncs a directory, making creations and removals in it durable.
     pub fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        // Only creations made before the sync started are durable after it.
+        let created_before: Vec<PathBuf> = match self.tracker() {
+            Some(t) => t
+                .unsynced_creations
+                .iter()
+                .filter(|p| p.parent() == Some(dir))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
         File::open(dir)?.sync_all()?;
         if let Some(mut t) = self.tracker() {
-            t.unsynced_creations.retain(|p| p.parent() != Some(dir));
+            for p in &created_before {
+                t.unsynced_creations.remove(p);
+            }
         }
         Ok(())
     }
@@ -149,13 +163,14 @@ impl Fs {
     pub fn write_atomically(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let tmp = path.with_extension("tmp");
+        let mut tracker = self.tracker();
         let mut f = File::create(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()?;
-        if let Some(mut t) = self.tracker() {
+        if let Some(t) = tracker.as_mut() {
             let len = contents.len() as u64;
             t.files.insert(
                 path.to_path_buf(),
@@ -173,62 +188,89 @@ impl Fs {
     /// dropped first (the log closed), as after a real crash. Does nothing on [`Fs::real`].
     pub fn simulate_power_loss(
         &self,
-        mut fate: impl FnMut(&Path, u64, u64) -> FileFate,
+        fate: impl FnMut(&Path, u64, u64) -> FileFate,
     ) -> io::Result<()> {
-        let Some(mut t) = self.tracker() else {
-            return Ok(());
-        };
-        let mut paths: Vec<PathBuf> = t.files.keys().cloned().collect();
-        paths.sort();
-        for path in paths {
-            let tracked = t.files[&path];
-            let f = fate(&path, tracked.synced_bytes, tracked.written_bytes);
-            if t.unsynced_creations.contains(&path) && f.vanishes {
-                std::fs::remove_file(&path)?;
-                t.files.remove(&path);
-                continue;
-            }
-            let keep = f.surviving_bytes.clamp(
-                tracked.synced_bytes,
-                tracked.written_bytes.max(tracked.synced_bytes),
-            );
-            let file = OpenOptions::new().write(true).open(&path)?;
-            file.set_len(keep)?;
-            if keep > tracked.synced_bytes && f.tail != TornTail::Kept {
-                let n = (keep - tracked.synced_bytes) as usize;
-                let mut junk = vec![0u8; n];
-                if f.tail == TornTail::Garbage {
-                    let mut x = keep ^ 0x9e37_79b9_7f4a_7c15;
-                    for b in &mut junk {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        *b = x as u8;
-                    }
-                }
-                file.write_all_at(&junk, tracked.synced_bytes)?;
-            }
-            t.files.insert(
-                path,
-                Tracked {
-                    written_bytes: keep,
-                    synced_bytes: keep,
-                },
-            );
+        match self.tracker() {
+            Some(mut t) => power_loss(&mut t, fate),
+            None => Ok(()),
         }
-        t.unsynced_creations.clear();
-        Ok(())
     }
 
     /// The worst case a power loss allows: every file back to its synced length, every
     /// non-durable creation gone. For the fault suite's `lose-unsynced` hook.
     pub fn lose_unsynced(&self) -> io::Result<()> {
-        self.simulate_power_loss(|_, synced, _| FileFate {
-            surviving_bytes: synced,
-            tail: TornTail::Kept,
-            vanishes: true,
-        })
+        self.simulate_power_loss(worst_fate)
     }
+
+    /// The fault suite's power-loss hook: applies [`Fs::lose_unsynced`] and exits the process
+    /// with `exit_code` while still holding the tracker, so that no thread of this process can
+    /// write, truncate or sync another byte in between (every tracked operation takes the
+    /// tracker before touching the disk). On [`Fs::real`] it only exits.
+    pub fn lose_unsynced_and_exit(&self, exit_code: i32) -> ! {
+        let mut guard = self.tracker();
+        if let Some(t) = guard.as_mut() {
+            if let Err(e) = power_loss(t, worst_fate) {
+                eprintln!("simulated power loss failed: {e}");
+            }
+        }
+        // Exit without running destructors or flushing anything: a power cut does neither.
+        // `guard` stays held until the process is gone.
+        std::process::exit(exit_code)
+    }
+}
+
+fn worst_fate(_: &Path, synced: u64, _: u64) -> FileFate {
+    FileFate {
+        surviving_bytes: synced,
+        tail: TornTail::Kept,
+        vanishes: true,
+    }
+}
+
+fn power_loss(
+    t: &mut Tracker,
+    mut fate: impl FnMut(&Path, u64, u64) -> FileFate,
+) -> io::Result<()> {
+    let mut paths: Vec<PathBuf> = t.files.keys().cloned().collect();
+    paths.sort();
+    for path in paths {
+        let tracked = t.files[&path];
+        let f = fate(&path, tracked.synced_bytes, tracked.written_bytes);
+        if t.unsynced_creations.contains(&path) && f.vanishes {
+            std::fs::remove_file(&path)?;
+            t.files.remove(&path);
+            continue;
+        }
+        let keep = f.surviving_bytes.clamp(
+            tracked.synced_bytes,
+            tracked.written_bytes.max(tracked.synced_bytes),
+        );
+        let file = OpenOptions::new().write(true).open(&path)?;
+        file.set_len(keep)?;
+        if keep > tracked.synced_bytes && f.tail != TornTail::Kept {
+            let n = (keep - tracked.synced_bytes) as usize;
+            let mut junk = vec![0u8; n];
+            if f.tail == TornTail::Garbage {
+                let mut x = keep ^ 0x9e37_79b9_7f4a_7c15;
+                for b in &mut junk {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+            }
+            file.write_all_at(&junk, tracked.synced_bytes)?;
+        }
+        t.files.insert(
+            path,
+            Tracked {
+                written_bytes: keep,
+                synced_bytes: keep,
+            },
+        );
+    }
+    t.unsynced_creations.clear();
+    Ok(())
 }
 
 /// An open file of the log. Reads are positional (`pread`) and may run concurrently with one
@@ -248,6 +290,7 @@ impl FsFile {
     /// Appends all of `bufs` at the end of the file (one `writev` per call when it can).
     pub fn append_vectored(&self, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut tracker = self.fs.tracker();
         let mut file = &self.file;
         let mut bufs = &mut bufs[..];
         // Skip leading empty slices so that a zero-length write means "no progress".
@@ -260,7 +303,7 @@ impl FsFile {
                 Err(e) => return Err(e),
             }
         }
-        if let Some(mut t) = self.fs.tracker() {
+        if let Some(t) = tracker.as_mut() {
             if let Some(f) = t.files.get_mut(&self.path) {
                 f.written_bytes += total as u64;
             }
@@ -315,10 +358,18 @@ impl FsFile {
 
     /// `fdatasync`: everything written so far is durable when this returns.
     pub fn sync_data(&self) -> io::Result<()> {
+        // Only what was written before the sync started is known durable after it; appends
+        // may run concurrently. The tracker is not held across the sync itself (it would
+        // serialise every partition's fsync in tests), which only means a simulated power loss
+        // during a sync loses that sync's bytes, as a real one may.
+        let written_before = self
+            .fs
+            .tracker()
+            .and_then(|t| t.files.get(&self.path).map(|f| f.written_bytes));
         self.file.sync_data()?;
-        if let Some(mut t) = self.fs.tracker() {
+        if let (Some(mut t), Some(written)) = (self.fs.tracker(), written_before) {
             if let Some(f) = t.files.get_mut(&self.path) {
-                f.synced_bytes = f.written_bytes;
+                f.synced_bytes = f.synced_bytes.max(written.min(f.written_bytes));
             }
         }
         Ok(())
@@ -327,9 +378,10 @@ impl FsFile {
     /// Cuts the file to `len` bytes and moves the append position there. Not durable until
     /// [`FsFile::sync_data`].
     pub fn truncate(&self, len: u64) -> io::Result<()> {
+        let mut tracker = self.fs.tracker();
         self.file.set_len(len)?;
         (&self.file).seek(SeekFrom::Start(len))?;
-        if let Some(mut t) = self.fs.tracker() {
+        if let Some(t) = tracker.as_mut() {
             if let Some(f) = t.files.get_mut(&self.path) {
                 f.written_bytes = len;
                 // Until the truncation is synced a crash may bring either length back; the

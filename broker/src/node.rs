@@ -78,7 +78,7 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
         node_id,
         &config.data_dir,
         config.log_defaults.clone(),
-        Fs::real(),
+        storage_fs(),
         voters,
     )
     .await
@@ -147,6 +147,39 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The environment variable that arms the fault suite's power-loss hook (see [`storage_fs`]).
+/// Deliberately not a flag: it is a test instrument, never a production setting.
+pub const POWER_LOSS_HOOK_ENV: &str = "RAFKA_TEST_POWER_LOSS_HOOK";
+/// The exit status of a broker that simulated a power loss.
+pub const POWER_LOSS_EXIT_CODE: i32 = 86;
+
+/// The file layer for the data directory. Normally plain files. With
+/// [`POWER_LOSS_HOOK_ENV`]`=1`, files are tracked so that SIGUSR1 makes the broker lose every
+/// byte it wrote but had not fsynced and exit at once with [`POWER_LOSS_EXIT_CODE`]: a power
+/// cut, which a process kill alone cannot simulate because the page cache survives it. The
+/// fault suite's `lose-unsynced` nemesis sends it to every broker at once.
+fn storage_fs() -> Fs {
+    if std::env::var(POWER_LOSS_HOOK_ENV).as_deref() != Ok("1") {
+        return Fs::real();
+    }
+    let fs = Fs::crash_simulating();
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::user_defined1()) {
+        Ok(mut usr1) => {
+            tracing::warn!("power-loss hook armed: SIGUSR1 drops unsynced data and exits");
+            let hook_fs = fs.clone();
+            tokio::spawn(async move {
+                if usr1.recv().await.is_some() {
+                    tracing::warn!("SIGUSR1: simulating a power loss");
+                    hook_fs.lose_unsynced_and_exit(POWER_LOSS_EXIT_CODE);
+                }
+            });
+        }
+        Err(e) => tracing::error!("cannot arm the power-loss hook: {e}"),
+    }
+    fs
 }
 
 async fn wait_for_signal() {
