@@ -1,0 +1,196 @@
+//! Histories built by hand, for the checker's and the plots' own tests: a test writes the
+//! operations a run would have recorded (clean, or doctored with an anomaly) without a
+//! cluster.
+//!
+//! Each helper appends an invocation and its completion one simulated millisecond apart (or
+//! `latency` apart), and the clock moves on by a millisecond after each operation, so the
+//! history is in time order as a real one is. [`HistoryBuilder::invoke`] and
+//! [`HistoryBuilder::complete`] build anything else, such as overlapping operations.
+
+use std::time::Duration;
+
+use crate::jepsen::history::{
+    NemesisPhase, NemesisValue, Op, OpType, Payload, ReadValue, SendValue, NEMESIS_PROCESS,
+};
+
+/// Whether a send came from an idempotent producer (the `idempotent` flag of the history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Producer {
+    Idempotent,
+    NonIdempotent,
+}
+
+/// Appends operations with increasing indices and times.
+#[derive(Debug, Clone)]
+pub struct HistoryBuilder {
+    ops: Vec<Op>,
+    now_ns: u64,
+    /// How long the helpers' operations take.
+    pub latency: Duration,
+}
+
+impl Default for HistoryBuilder {
+    fn default() -> Self {
+        HistoryBuilder::new()
+    }
+}
+
+impl HistoryBuilder {
+    pub fn new() -> HistoryBuilder {
+        HistoryBuilder {
+            ops: Vec::new(),
+            now_ns: 0,
+            latency: Duration::from_millis(1),
+        }
+    }
+
+    /// The history so far.
+    pub fn ops(&self) -> Vec<Op> {
+        self.ops.clone()
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    /// Moves the clock on.
+    pub fn advance(&mut self, by: Duration) {
+        self.now_ns += by.as_nanos() as u64;
+    }
+
+    /// Appends one operation line at the current time.
+    pub fn push(&mut self, process: i64, kind: OpType, payload: Payload, error: Option<String>) {
+        self.ops.push(Op {
+            index: self.ops.len() as u64,
+            time_ns: self.now_ns,
+            process,
+            kind,
+            payload,
+            error,
+        });
+    }
+
+    pub fn invoke(&mut self, process: i64, payload: Payload) {
+        self.push(process, OpType::Invoke, payload, None);
+    }
+
+    pub fn complete(&mut self, process: i64, kind: OpType, payload: Payload) {
+        let error = (kind != OpType::Ok).then(|| "synthetic failure".to_string());
+        self.push(process, kind, payload, error);
+    }
+
+    /// An invocation, `latency` later its completion, a millisecond later the next operation.
+    fn operation(&mut self, process: i64, invoke: Payload, kind: OpType, complete: Payload) {
+        self.invoke(process, invoke);
+        self.advance(self.latency);
+        self.complete(process, kind, complete);
+        self.advance(Duration::from_millis(1));
+    }
+
+    fn send(
+        &mut self,
+        process: i64,
+        partition: u32,
+        value: &str,
+        producer: Producer,
+        kind: OpType,
+        offset: Option<u64>,
+    ) {
+        let sent = |offset| {
+            Payload::Send(SendValue {
+                partition,
+                value: value.to_string(),
+                offset,
+                idempotent: producer == Producer::Idempotent,
+            })
+        };
+        self.operation(process, sent(None), kind, sent(offset));
+    }
+
+    /// A send acknowledged at `offset`.
+    pub fn send_ok(
+        &mut self,
+        process: i64,
+        partition: u32,
+        value: &str,
+        offset: u64,
+        producer: Producer,
+    ) {
+        self.send(
+            process,
+            partition,
+            value,
+            producer,
+            OpType::Ok,
+            Some(offset),
+        );
+    }
+
+    /// A send that certainly had no effect.
+    pub fn send_fail(&mut self, process: i64, partition: u32, value: &str, producer: Producer) {
+        self.send(process, partition, value, producer, OpType::Fail, None);
+    }
+
+    /// A send whose outcome is unknown.
+    pub fn send_info(&mut self, process: i64, partition: u32, value: &str, producer: Producer) {
+        self.send(process, partition, value, producer, OpType::Info, None);
+    }
+
+    fn read(partition: u32, from: u64, records: &[(u64, &str)]) -> ReadValue {
+        ReadValue {
+            partition,
+            from,
+            records: records
+                .iter()
+                .map(|(offset, value)| (*offset, value.to_string()))
+                .collect(),
+        }
+    }
+
+    /// A poll returning `records`.
+    pub fn poll_ok(&mut self, process: i64, partition: u32, from: u64, records: &[(u64, &str)]) {
+        self.operation(
+            process,
+            Payload::Poll(Self::read(partition, from, &[])),
+            OpType::Ok,
+            Payload::Poll(Self::read(partition, from, records)),
+        );
+    }
+
+    /// A poll completed `fail` or `info` (no records).
+    pub fn poll_failed(&mut self, process: i64, partition: u32, from: u64, kind: OpType) {
+        let read = Payload::Poll(Self::read(partition, from, &[]));
+        self.operation(process, read.clone(), kind, read);
+    }
+
+    /// The final read of a partition returning `records`.
+    pub fn final_read_ok(
+        &mut self,
+        process: i64,
+        partition: u32,
+        from: u64,
+        records: &[(u64, &str)],
+    ) {
+        self.operation(
+            process,
+            Payload::FinalRead(Self::read(partition, from, &[])),
+            OpType::Ok,
+            Payload::FinalRead(Self::read(partition, from, records)),
+        );
+    }
+
+    /// A nemesis action, recorded as `info` as history.rs says.
+    pub fn nemesis(&mut self, fault: &str, phase: NemesisPhase, nodes: &[i32]) {
+        self.push(
+            NEMESIS_PROCESS,
+            OpType::Info,
+            Payload::Nemesis(NemesisValue {
+                fault: fault.to_string(),
+                phase,
+                nodes: nodes.to_vec(),
+                detail: String::new(),
+            }),
+            None,
+        );
+    }
+}
