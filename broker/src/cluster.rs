@@ -571,11 +571,28 @@ impl Cluster {
         }
     }
 
-    /// The local replica of a partition if this broker leads it.
+    /// The local replica of a partition if this broker leads it and is in contact with a
+    /// majority of its replicas.
     pub fn leader_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
         let p = self.partition(topic, partition)?;
         p.ensure_leader()?;
+        if !self.has_quorum_contact(&p) {
+            // Partition groups have no heartbeats, so an isolated leader never learns that it
+            // was deposed. Without this it would keep taking writes it cannot commit, and
+            // keep telling clients (through Metadata) to send them there.
+            return Err(Error::NotLeader {
+                what: format!("{topic}-{partition}"),
+                leader: None,
+            });
+        }
         Ok(p)
+    }
+
+    /// Whether a majority of the partition's replicas (this broker included) have been heard
+    /// from within [`PEER_DEAD_AFTER`].
+    fn has_quorum_contact(&self, p: &Partition) -> bool {
+        let alive = p.replicas.iter().filter(|&&r| self.is_alive(r)).count();
+        alive > p.replicas.len() / 2
     }
 
     /// What this broker knows of a partition: from its own replica if it hosts one, else from
@@ -608,7 +625,15 @@ impl Cluster {
                 .find(|p| p.group == group)
                 .cloned();
             if let Some(p) = p {
-                let (leader, term) = p.leader();
+                let (mut leader, term) = p.leader();
+                if leader == Some(self.node_id) && !self.has_quorum_contact(&p) {
+                    // Cut off from a majority: another leader may exist. Say what the others
+                    // announced, if anything, rather than sending clients here.
+                    leader = hint
+                        .as_ref()
+                        .map(|h| h.leader)
+                        .filter(|&l| l != self.node_id);
+                }
                 let in_sync = if p.is_leader() {
                     p.in_sync().0
                 } else {

@@ -237,6 +237,8 @@ struct Inner {
     bootstrap: Vec<String>,
     cache: Mutex<Cache>,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Where the next [`Cluster::send_any`] starts in its list of brokers.
+    next_any: std::sync::atomic::AtomicUsize,
 }
 
 /// A handle to the client's cluster view and connections; clones share them.
@@ -253,6 +255,7 @@ impl Cluster {
             inner: Arc::new(Inner {
                 config,
                 bootstrap,
+                next_any: std::sync::atomic::AtomicUsize::new(0),
                 cache: Mutex::new(Cache::default()),
                 slots: Mutex::new(HashMap::new()),
             }),
@@ -303,6 +306,17 @@ impl Cluster {
             if !candidates.contains(b) {
                 candidates.push(b.clone());
             }
+        }
+        // Start at a different broker each time: one that answers but is cut off from the
+        // others (and so knows no leaders) must not be the only one ever asked.
+        candidates.sort();
+        if !candidates.is_empty() {
+            let start = self
+                .inner
+                .next_any
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let len = candidates.len();
+            candidates.rotate_left(start % len);
         }
         let timeout = self.inner.config.request_timeout;
         let mut last = None;
