@@ -191,7 +191,7 @@ impl Fs {
         fate: impl FnMut(&Path, u64, u64) -> FileFate,
     ) -> io::Result<()> {
         match self.tracker() {
-            Some(mut t) => power_loss(&mut t, fate),
+            Some(mut t) => power_loss(&mut t, fate).map(|_| ()),
             None => Ok(()),
         }
     }
@@ -209,8 +209,11 @@ impl Fs {
     pub fn lose_unsynced_and_exit(&self, exit_code: i32) -> ! {
         let mut guard = self.tracker();
         if let Some(t) = guard.as_mut() {
-            if let Err(e) = power_loss(t, worst_fate) {
-                eprintln!("simulated power loss failed: {e}");
+            match power_loss(t, worst_fate) {
+                Ok((bytes, files)) => eprintln!(
+                    "simulated power loss: dropped {bytes} unsynced bytes, {files} files vanished"
+                ),
+                Err(e) => eprintln!("simulated power loss failed: {e}"),
             }
         }
         // Exit without running destructors or flushing anything: a power cut does neither.
@@ -227,10 +230,13 @@ fn worst_fate(_: &Path, synced: u64, _: u64) -> FileFate {
     }
 }
 
+/// Applies a power loss; returns how many unsynced bytes were dropped and how many files
+/// vanished.
 fn power_loss(
     t: &mut Tracker,
     mut fate: impl FnMut(&Path, u64, u64) -> FileFate,
-) -> io::Result<()> {
+) -> io::Result<(u64, usize)> {
+    let (mut dropped_bytes, mut vanished) = (0u64, 0usize);
     let mut paths: Vec<PathBuf> = t.files.keys().cloned().collect();
     paths.sort();
     for path in paths {
@@ -239,6 +245,7 @@ fn power_loss(
         if t.unsynced_creations.contains(&path) && f.vanishes {
             std::fs::remove_file(&path)?;
             t.files.remove(&path);
+            vanished += 1;
             continue;
         }
         let keep = f.surviving_bytes.clamp(
@@ -247,6 +254,7 @@ fn power_loss(
         );
         let file = OpenOptions::new().write(true).open(&path)?;
         file.set_len(keep)?;
+        dropped_bytes += tracked.written_bytes.saturating_sub(keep);
         if keep > tracked.synced_bytes && f.tail != TornTail::Kept {
             let n = (keep - tracked.synced_bytes) as usize;
             let mut junk = vec![0u8; n];
@@ -270,7 +278,7 @@ fn power_loss(
         );
     }
     t.unsynced_creations.clear();
-    Ok(())
+    Ok((dropped_bytes, vanished))
 }
 
 /// An open file of the log. Reads are positional (`pread`) and may run concurrently with one
