@@ -43,6 +43,11 @@ pub struct ClusterOptions {
     pub link_proxies: bool,
     /// Extra flags for every broker.
     pub extra_flags: Vec<String>,
+    /// Extra environment variables for every broker.
+    pub env: Vec<(String, String)>,
+    /// Keep data directories and logs here (created if missing, never deleted) instead of in a
+    /// temporary directory.
+    pub root: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -51,6 +56,8 @@ impl Default for ClusterOptions {
             nodes: 3,
             link_proxies: false,
             extra_flags: Vec::new(),
+            env: Vec::new(),
+            root: None,
         }
     }
 }
@@ -106,7 +113,7 @@ impl Node {
             .join(format!("{topic}-{partition}"))
     }
 
-    fn spawn(&mut self, extra: &[String]) {
+    fn spawn(&mut self, extra: &[String], env: &[(String, String)]) {
         assert!(self.child.is_none(), "node {} is already running", self.id);
         self.starts += 1;
         let mut log = std::fs::OpenOptions::new()
@@ -137,6 +144,7 @@ impl Node {
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -172,6 +180,7 @@ pub struct Cluster {
     /// `(from, to)` -> the proxy `from` dials to reach `to`.
     links: BTreeMap<(i32, i32), LinkProxy>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// One broker's view of a partition's leadership, agreed by a majority.
@@ -198,11 +207,20 @@ impl Cluster {
     /// controller is known.
     pub async fn start_with(options: ClusterOptions) -> Cluster {
         assert!(options.nodes >= 1, "a cluster needs a node");
-        let root = tempfile::Builder::new()
-            .prefix("rafka-cluster-")
-            .tempdir()
-            .expect("cluster temp dir");
-        let root_path = root.path().to_path_buf();
+        let (root, root_path) = match &options.root {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).expect("cluster root dir");
+                (None, dir.clone())
+            }
+            None => {
+                let root = tempfile::Builder::new()
+                    .prefix("rafka-cluster-")
+                    .tempdir()
+                    .expect("cluster temp dir");
+                let path = root.path().to_path_buf();
+                (Some(root), path)
+            }
+        };
         let ids: Vec<i32> = (1..=options.nodes as i32).collect();
         let ports: BTreeMap<i32, (u16, u16, u16)> = ids
             .iter()
@@ -245,15 +263,16 @@ impl Cluster {
             })
             .collect();
         let mut cluster = Cluster {
-            root: Some(root),
+            root,
             root_path,
             nodes,
             links,
             extra: options.extra_flags,
+            env: options.env,
         };
         for id in cluster.ids() {
-            let extra = cluster.extra.clone();
-            cluster.node_mut(id).spawn(&extra);
+            let (extra, env) = (cluster.extra.clone(), cluster.env.clone());
+            cluster.node_mut(id).spawn(&extra, &env);
         }
         for id in cluster.ids() {
             cluster.wait_ready(id).await;
@@ -359,14 +378,14 @@ impl Cluster {
     /// Starts a stopped (killed or terminated) node again on its data directory and ports, and
     /// waits until it is ready.
     pub async fn restart(&mut self, id: i32) {
-        let extra = self.extra.clone();
-        self.node_mut(id).spawn(&extra);
+        let (extra, env) = (self.extra.clone(), self.env.clone());
+        self.node_mut(id).spawn(&extra, &env);
         self.wait_ready(id).await;
     }
 
     /// Starts every node that is not running, then waits until all are ready.
     pub async fn restart_all(&mut self) {
-        let extra = self.extra.clone();
+        let (extra, env) = (self.extra.clone(), self.env.clone());
         let down: Vec<i32> = self
             .nodes
             .iter()
@@ -374,11 +393,53 @@ impl Cluster {
             .map(|n| n.id)
             .collect();
         for &id in &down {
-            self.node_mut(id).spawn(&extra);
+            self.node_mut(id).spawn(&extra, &env);
         }
         for id in down {
             self.wait_ready(id).await;
         }
+    }
+
+    /// Sends `signal` (a name `kill` accepts, like `USR1`) to every running node at once, then
+    /// waits up to `timeout` for all of them to exit and returns their exit statuses. Paused
+    /// nodes are continued first so that they can act on it.
+    pub async fn signal_all_and_reap(
+        &mut self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<Vec<(i32, ExitStatus)>, String> {
+        let running: Vec<i32> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.id)
+            .collect();
+        for &id in &running {
+            let node = self.node_mut(id);
+            if node.stopped {
+                node.signal("CONT");
+                node.stopped = false;
+            }
+            node.signal(signal);
+        }
+        let deadline = Instant::now() + timeout;
+        let mut statuses = Vec::new();
+        for id in running {
+            loop {
+                if let Some(status) = self.node_mut(id).exited() {
+                    self.node_mut(id).child = None;
+                    statuses.push((id, status));
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "node {id} did not exit within {timeout:?} of SIG{signal}"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(statuses)
     }
 
     /// SIGSTOP: the process freezes with its sockets open (a long GC pause, a hung disk).

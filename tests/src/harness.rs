@@ -14,20 +14,23 @@ use std::time::{Duration, Instant};
 /// How long a broker may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Path of a workspace binary (`rafka-broker`, `rafka`, ...).
+/// Path of a workspace binary (`rafka-broker`, `rafka`, ...): beside the running executable
+/// (`rafka-jepsen` lives in `target/<profile>/`) or one level up (test executables live in
+/// `target/<profile>/deps/`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binaries live in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: build the workspace binaries first (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
+    let dir = exe.parent().expect("an executable lives in a directory");
+    let candidates = [Some(dir), dir.parent()];
+    for candidate in candidates.into_iter().flatten() {
+        let path = candidate.join(name);
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!(
+        "{name} not found beside {}: build the workspace binaries first (cargo build --workspace --bins)",
+        exe.display()
+    )
 }
 
 /// A port free at the time of asking (the OS picks it).
