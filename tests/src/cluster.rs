@@ -128,7 +128,9 @@ impl Node {
             self.starts,
             unix_ms()
         );
-        let child = Command::new(binary("rafka-broker"))
+        let mut cmd = Command::new(binary("rafka-broker"));
+        crate::harness::die_with_parent(&mut cmd);
+        let child = cmd
             .arg("--node-id")
             .arg(self.id.to_string())
             .arg("--data-dir")

@@ -33,6 +33,23 @@ pub fn binary(name: &str) -> PathBuf {
     )
 }
 
+/// Makes `cmd`'s process receive SIGKILL when the thread that spawns it exits, so that brokers
+/// (and `rafka-jepsen` runs) never outlive a test process or a suite run that was killed.
+/// Spawn from a long-lived thread (a test's main thread, a runtime worker), not from a
+/// short-lived blocking-pool thread.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child's own attributes.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A port free at the time of asking (the OS picks it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -69,7 +86,9 @@ impl Broker {
             .append(true)
             .open(&log_path)
             .expect("broker log file");
-        let child = Command::new(binary("rafka-broker"))
+        let mut cmd = Command::new(binary("rafka-broker"));
+        die_with_parent(&mut cmd);
+        let child = cmd
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use rafka_tests::harness::seed;
+use rafka_tests::harness::{die_with_parent, seed};
 
 fn out_dir(nemesis: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,12 +21,20 @@ fn out_dir(nemesis: &str) -> PathBuf {
 }
 
 fn run_suite(nemesis: &str) {
+    // Power losses only lose something when writes are in flight at that instant: more load.
+    let rate = if nemesis == "lose-unsynced" {
+        "200"
+    } else {
+        "60"
+    };
     let seed = seed(&format!("jepsen {nemesis}"));
     let time_limit = std::env::var("RAFKA_JEPSEN_TIME_LIMIT").unwrap_or_else(|_| "40".into());
     let out = out_dir(nemesis);
-    let status = Command::new(env!("CARGO_BIN_EXE_rafka-jepsen"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rafka-jepsen"));
+    die_with_parent(&mut cmd);
+    let status = cmd
         .args(["--workload", "queue", "--nemesis", nemesis])
-        .args(["--time-limit", &time_limit, "--rate", "60"])
+        .args(["--time-limit", &time_limit, "--rate", rate])
         .args(["--cluster", "local", "--seed", &seed.to_string()])
         .arg("--out")
         .arg(&out)

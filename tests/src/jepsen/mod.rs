@@ -185,7 +185,7 @@ fn report(
             "time_limit_s".into(),
             options.time_limit.as_secs_f64().into(),
         );
-        map.insert("operations".into(), ops.len().into());
+        map.insert("history_ops".into(), ops.len().into());
         map.insert(
             "faults".into(),
             serde_json::to_value(&nemesis.faults).map_err(|e| e.to_string())?,
