@@ -67,6 +67,26 @@ const CREATE_LEADERS_WAIT: Duration = Duration::from_secs(15);
 /// Peer request kinds of the broker itself.
 const KIND_PROPOSE: u8 = transport::kind::BROKER_BASE;
 const KIND_HINTS: u8 = transport::kind::BROKER_BASE + 1;
+const KIND_YIELD: u8 = transport::kind::BROKER_BASE + 2;
+
+/// How often the preferred-leader balancer looks for partitions led by another replica.
+const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(5);
+/// A broker leaves leadership where it is for this long after it starts, so that a restarted
+/// broker catches up (and the cluster settles) before leaders move back to it.
+const LEADER_BALANCE_START_DELAY: Duration = Duration::from_secs(10);
+/// Partitions handed over at once by one broker (each costs about a second of unavailability
+/// for writes to that partition).
+const LEADER_BALANCE_BATCH_MAX: usize = 16;
+/// How long a leader refuses writes while handing its partition to the preferred replica:
+/// long enough for the followers' leases to run out and the preferred replica to win.
+const YIELD_HOLD: Duration = Duration::from_millis(3000);
+/// How long the leader waits for the preferred replica to hold its whole log before it gives
+/// up a handover.
+const YIELD_CATCH_UP_WAIT: Duration = Duration::from_millis(1000);
+/// The preferred replica stands this long after the leader's last append, so that every
+/// follower's leader lease (`PARTITION_LEASE_MAX_MS`) has run out and they vote.
+const YIELD_STAND_AFTER: Duration =
+    Duration::from_millis(crate::replica::PARTITION_LEASE_MAX_MS + 200);
 
 /// One partition replica hosted here.
 pub struct Partition {
@@ -79,6 +99,9 @@ pub struct Partition {
     shared: Arc<Shared>,
     high_watermark: Arc<watch::Sender<Offset>>,
     node_id: NodeId,
+    /// While set, this leader is handing the partition to the preferred replica and refuses
+    /// writes until the instant (see [`Cluster::run_leader_balancer`]).
+    yielding: Mutex<Option<(Instant, NodeId)>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -118,12 +141,76 @@ impl Partition {
     /// `Ok` when this replica leads the partition, else `NotLeader` with the leader if known.
     pub fn ensure_leader(&self) -> Result<()> {
         if self.is_leader() {
+            if let Some(to) = self.yielding_to() {
+                return Err(Error::NotLeader {
+                    what: format!("{}-{}", self.topic, self.index),
+                    leader: Some(to),
+                });
+            }
             return Ok(());
         }
         Err(Error::NotLeader {
             what: format!("{}-{}", self.topic, self.index),
             leader: self.leader().0.filter(|l| *l != self.node_id),
         })
+    }
+
+    /// The preferred replica this leader is handing the partition to, while it does.
+    fn yielding_to(&self) -> Option<NodeId> {
+        let mut y = self.yielding.lock().unwrap_or_else(|e| e.into_inner());
+        match *y {
+            Some((until, to)) if Instant::now() < until => Some(to),
+            Some(_) => {
+                *y = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// On the leader: how far the log of replica `node` matches the leader's (Raft index),
+    /// and the leader's last index.
+    fn replication_of(&self, node: NodeId) -> (Option<u64>, u64) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&node).cloned())
+            .map(|l| l.map_or(0, |l| l.index));
+        (matched, last)
+    }
+
+    /// On the leader, asked by the preferred replica `to`: stop taking writes, wait until `to`
+    /// holds the whole log, and say so. `to` then stands for election once the followers'
+    /// leases have run out, and wins because no replica has a longer log. Refused (`false`)
+    /// when this replica does not lead, `to` is not the preferred replica, or `to` does not
+    /// catch up in time; writes resume at once then.
+    async fn yield_to(&self, to: NodeId) -> bool {
+        if !self.is_leader() || self.replicas.first() != Some(&to) || to == self.node_id {
+            return false;
+        }
+        *self.yielding.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now() + YIELD_HOLD, to));
+        let deadline = Instant::now() + YIELD_CATCH_UP_WAIT;
+        loop {
+            let (matched, last) = self.replication_of(to);
+            if matched == Some(last) {
+                tracing::info!(
+                    topic = %self.topic,
+                    partition = self.index,
+                    to,
+                    "handing leadership to the preferred replica"
+                );
+                return true;
+            }
+            if Instant::now() >= deadline || !self.is_leader() {
+                *self.yielding.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// On the leader: the replicas within [`IN_SYNC_LAG_ENTRIES_MAX`] entries of its log end
@@ -868,6 +955,7 @@ impl Cluster {
             shared,
             high_watermark: hw,
             node_id: self.node_id,
+            yielding: Mutex::new(None),
         });
         self.groups
             .write()
@@ -1116,6 +1204,68 @@ impl Cluster {
         }
     }
 
+    /// Preferred-leader balancing: every [`LEADER_BALANCE_INTERVAL`], for each partition whose
+    /// preferred replica (the first assigned) is this broker but which another live broker
+    /// leads, while every replica is alive: ask the leader to hand over ([`KIND_YIELD`]), and
+    /// when it agrees, stand for election after the followers' leases have run out. Leaders
+    /// spread by assignment thus come back after a broker recovers. openraft 0.9 has no
+    /// leadership transfer; this is one built from its parts.
+    pub async fn run_leader_balancer(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(LEADER_BALANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if started.elapsed() < LEADER_BALANCE_START_DELAY {
+                continue;
+            }
+            let candidates: Vec<(Arc<Partition>, NodeId)> = self
+                .all_partitions()
+                .into_iter()
+                .filter(|p| p.replicas.first() == Some(&self.node_id))
+                .filter(|p| p.replicas.iter().all(|&r| self.is_alive(r)))
+                .filter_map(|p| match p.leader().0 {
+                    Some(l) if l != self.node_id && self.is_alive(l) => Some((p, l)),
+                    _ => None,
+                })
+                .take(LEADER_BALANCE_BATCH_MAX)
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            let moves = candidates.into_iter().map(|(p, leader)| {
+                let cluster = Arc::clone(&self);
+                async move {
+                    let agreed: std::result::Result<bool, _> = cluster
+                        .transport
+                        .call_typed(
+                            leader,
+                            KIND_YIELD,
+                            p.group,
+                            &cluster.node_id,
+                            YIELD_CATCH_UP_WAIT * 2,
+                        )
+                        .await;
+                    if !matches!(agreed, Ok(true)) {
+                        return;
+                    }
+                    tokio::time::sleep(YIELD_STAND_AFTER).await;
+                    tracing::info!(
+                        topic = %p.topic,
+                        partition = p.index,
+                        from = leader,
+                        "preferred replica standing for election"
+                    );
+                    let _ = p.raft.trigger().elect().await;
+                }
+            });
+            futures::future::join_all(moves).await;
+        }
+    }
+
     /// Stops every group (on shutdown) after flushing the logs.
     pub async fn shutdown(&self) {
         for p in self.all_partitions() {
@@ -1148,6 +1298,22 @@ impl Handler for PeerHandler {
                             Err(e) => Err((e.error_code().code(), e.to_string())),
                         };
                     match transport::encode(&outcome) {
+                        Ok(b) => Reply::Ok(b),
+                        Err(e) => Reply::Error(e.to_string()),
+                    }
+                }
+                KIND_YIELD => {
+                    let p = cluster
+                        .all_partitions()
+                        .into_iter()
+                        .find(|p| p.group == group);
+                    // `yield_to` checks that the asker is the preferred replica.
+                    let asker = transport::decode::<NodeId>(&payload).ok();
+                    let agreed = match (p, asker) {
+                        (Some(p), Some(to)) => p.yield_to(to).await,
+                        _ => false,
+                    };
+                    match transport::encode(&agreed) {
                         Ok(b) => Reply::Ok(b),
                         Err(e) => Reply::Error(e.to_string()),
                     }

@@ -127,6 +127,7 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
     );
     let announcer = tokio::spawn(Arc::clone(&cluster).run_announcer(shutdown_rx.clone()));
     let elections = tokio::spawn(Arc::clone(&cluster).run_elections(shutdown_rx.clone()));
+    let balancer = tokio::spawn(Arc::clone(&cluster).run_leader_balancer(shutdown_rx.clone()));
     let http_task = tokio::spawn(crate::http::serve(http, Arc::clone(&ctx), metrics.clone()));
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&ctx), metrics));
     let server_task = tokio::spawn(server.run());
@@ -141,6 +142,7 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
     let _ = announcer.await;
     let _ = registration.await;
     let _ = elections.await;
+    let _ = balancer.await;
     cluster.shutdown().await;
     if let Some(t) = peer_task {
         t.abort();

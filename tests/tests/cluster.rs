@@ -856,6 +856,70 @@ async fn whole_cluster_killed_and_restarted_keeps_acknowledged_records() {
 /// The harness itself, on a single-node cluster (which needs no replication): start, metadata,
 /// leader, kill and restart, pause and resume, a clean stop, the file comparison, and a link
 /// proxy that cuts and heals connections.
+/// Preferred-leader balancing: three partitions whose preferred leaders are the three brokers.
+/// The preferred leader of one is killed, so the others take its partition over; after it
+/// restarts, leadership comes back to it (within the balancer's start delay and interval)
+/// while a steady acks=all load runs, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_preferred_replicas_after_recovery() {
+    let _lock = exclusive().await;
+    let seed = seed("preferred_leaders");
+    let mut rng = StdRng::seed_from_u64(seed);
+    const TOPIC: &str = "balance";
+    let mut cluster = Cluster::start(3).await;
+    cluster.create_topic(TOPIC, 3).await;
+    let preferred = |info: &rafka_client::PartitionInfo| info.replicas[0].0;
+    for p in 0..3 {
+        cluster
+            .wait_for_leader_where(TOPIC, p, ELECTION, "the preferred leader", |l| {
+                l.id == preferred(&l.info)
+            })
+            .await;
+    }
+    let producer = SteadyProducer::start(&cluster.bootstrap(), TOPIC, 3, "b", RATE);
+    producer.wait_more_acks(100, ACKS).await;
+    let victim = cluster.leader(TOPIC, rng.gen_range(0..3)).await.unwrap().id;
+    cluster.kill(victim);
+    let moved: Vec<u32> = {
+        let mut moved = Vec::new();
+        for p in 0..3 {
+            let l = cluster
+                .wait_for_leader_where(TOPIC, p, ELECTION, "a live leader", |l| l.id != victim)
+                .await;
+            if preferred(&l.info) == victim {
+                moved.push(p);
+            }
+        }
+        moved
+    };
+    assert!(
+        !moved.is_empty(),
+        "node {victim} was preferred for none of the partitions"
+    );
+    producer.wait_more_acks(100, ACKS).await;
+    cluster.restart(victim).await;
+    let restarted = Instant::now();
+    for &p in &moved {
+        cluster
+            .wait_for_leader_where(
+                TOPIC,
+                p,
+                Duration::from_secs(60),
+                "leadership back on the preferred replica",
+                |l| l.id == victim,
+            )
+            .await;
+    }
+    eprintln!(
+        "leadership of {moved:?} back on node {victim} {:?} after its restart",
+        restarted.elapsed()
+    );
+    producer.wait_more_acks(100, ACKS).await;
+    let outcomes = producer.stop().await;
+    assert_acked_in_order(&outcomes, seed);
+    verify(&mut cluster, TOPIC, 3, &acked(&outcomes), &[], seed).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_works_on_one_node() {
     let _lock = exclusive().await;
