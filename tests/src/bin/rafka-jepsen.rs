@@ -77,7 +77,22 @@ fn main() -> ExitCode {
         }
     };
     let out = options.out.clone();
-    match runtime.block_on(jepsen::run(options)) {
+    // On SIGINT/SIGTERM the run is dropped and then the runtime with every task: dropping the
+    // cluster kills local brokers and takes a compose project down (`down -v`).
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = jepsen::run(options) => Some(r),
+            signal = interrupted() => {
+                eprintln!("rafka-jepsen: {signal}; stopping the cluster (seed {seed})");
+                None
+            }
+        }
+    });
+    drop(runtime);
+    let Some(result) = result else {
+        return ExitCode::from(2);
+    };
+    match result {
         Ok(outcome) => {
             print!("{}", outcome.summary);
             println!("output in {} (seed {seed})", out.display());
@@ -91,5 +106,20 @@ fn main() -> ExitCode {
             eprintln!("rafka-jepsen: {e} (seed {seed})");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted (SIGINT)",
+        _ = term.recv() => "terminated (SIGTERM)",
     }
 }

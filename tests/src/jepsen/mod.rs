@@ -64,6 +64,7 @@ pub struct Outcome {
 /// Runs the suite once. `Err` means the run itself could not be done (the cluster did not
 /// start, the output directory cannot be written); anomalies are in the `Outcome`.
 pub async fn run(options: Options) -> Result<Outcome, String> {
+    check_combination(options.nemesis, options.cluster)?;
     let workload = workload::by_name(&options.workload)?;
     std::fs::create_dir_all(&options.out)
         .map_err(|e| format!("cannot create {}: {e}", options.out.display()))?;
@@ -155,6 +156,18 @@ pub async fn run(options: Options) -> Result<Outcome, String> {
         remove_data_dirs(&cluster_dir);
     }
     Ok(outcome)
+}
+
+/// Refuses, before anything starts, a nemesis the cluster cannot do.
+pub fn check_combination(nemesis: NemesisKind, cluster: ClusterKind) -> Result<(), String> {
+    if nemesis == NemesisKind::LoseUnsynced && !cluster.supports_power_loss() {
+        return Err(
+            "--nemesis lose-unsynced needs --cluster local (the compose brokers cannot \
+             simulate a power loss); --nemesis all on compose mixes the other faults"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// Writes the history, the report, the summary and the plots; says whether the run is valid.

@@ -9,11 +9,13 @@
 //! - `partition`: cut one broker off from the other two (for three brokers this is the
 //!   majority/minority split), or cut the link between two brokers only (a partial partition
 //!   where each still reaches the third); broker-to-broker traffic only, through the local
-//!   cluster's per-link proxies.
+//!   cluster's per-link proxies. On the compose cluster a partition always isolates one
+//!   broker, by disconnecting its container from the network (clients lose it too; see
+//!   [`super::db::ComposeDb`]).
 //! - `lose-unsynced`: a power cut of every broker at once: each drops the bytes it wrote but
-//!   had not fsynced and exits; all restart after the hold.
-//! - `all`: a random mix of the above, and one whole-cluster SIGKILL and restart (`kill-all`)
-//!   at least once per run.
+//!   had not fsynced and exits; all restart after the hold. Local cluster only.
+//! - `all`: a random mix of the above (without `lose-unsynced` where the cluster cannot do
+//!   it), and one whole-cluster SIGKILL and restart (`kill-all`) at least once per run.
 
 use std::time::Duration;
 
@@ -124,6 +126,10 @@ pub async fn run(
         return (db, summary);
     }
     let mut rng = StdRng::seed_from_u64(seed ^ 0x4e45_4d45_5349_5300);
+    let mut mix = vec![Fault::Kill, Fault::Pause, Fault::Partition];
+    if db.supports_power_loss() {
+        mix.push(Fault::LoseUnsynced);
+    }
     let mut killed_all = false;
     let mut round = 0u32;
     loop {
@@ -141,14 +147,7 @@ pub async fn run(
             // The whole-cluster kill comes early (second fault) so that even a short run has
             // one; later rounds are a random mix.
             NemesisKind::All if !killed_all && round >= 2 => Fault::KillAll,
-            NemesisKind::All => *[
-                Fault::Kill,
-                Fault::Pause,
-                Fault::Partition,
-                Fault::LoseUnsynced,
-            ]
-            .choose(&mut rng)
-            .expect("non-empty"),
+            NemesisKind::All => *mix.choose(&mut rng).expect("non-empty"),
         };
         killed_all |= fault == Fault::KillAll;
         *summary.faults.entry(fault.name().to_owned()).or_default() += 1;
@@ -234,7 +233,10 @@ async fn inject(
         Fault::Partition => {
             let id = target(db, topics, rng).await;
             let others: Vec<i32> = ids.iter().copied().filter(|&o| o != id).collect();
-            if rng.gen_bool(0.7) {
+            // Drawn whatever the cluster can do, so that a seed replays the same schedule
+            // on the local cluster as before compose runs existed.
+            let whole = rng.gen_bool(0.7);
+            if whole || !db.supports_partial_partitions() {
                 db.isolate(id).await?;
                 (vec![id], format!("isolate node {id} from {others:?}"))
             } else {
