@@ -120,20 +120,8 @@ fn queue_under_all_faults_on_the_compose_cluster() {
          (seed {seed}); output in {}\n{summary}",
         out.display()
     );
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("report.json")).expect("report.json written"),
-    )
-    .expect("report.json parses");
-    assert_eq!(report["valid"], true, "{summary}");
-    // A run where nothing was acknowledged or nothing was read back proves nothing.
-    let ops = &report["operations"];
-    let sends_ok = ops["send"]["ok"].as_u64().unwrap_or(0);
-    let final_reads_ok = ops["final_read"]["ok"].as_u64().unwrap_or(0);
-    assert!(
-        sends_ok >= 100 && final_reads_ok > 0,
-        "too little happened to check anything: {sends_ok} sends ok, {final_reads_ok} final \
-         reads ok\n{summary}"
-    );
+    let report = rafka_tests::jepsen::expect_valid_run(&out, 100)
+        .unwrap_or_else(|e| panic!("compose run (seed {seed}): {e}"));
     let faults = &report["faults"];
     assert!(
         faults["kill-all"].as_u64().unwrap_or(0) >= 1,
@@ -150,6 +138,7 @@ fn queue_under_all_faults_on_the_compose_cluster() {
             out.join("cluster").display()
         );
     }
+    let sends_ok = &report["operations"]["send"]["ok"];
     eprintln!(
         "rafka-jepsen --cluster compose --nemesis all: valid, {sends_ok} sends ok, faults \
          {faults}, {elapsed:.0?} in all, seed {seed}"

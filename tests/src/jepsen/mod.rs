@@ -22,7 +22,7 @@ pub mod plot;
 pub mod recorder;
 pub mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -265,4 +265,29 @@ fn remove_data_dirs(cluster_dir: &std::path::Path) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// For tests of whole runs: reads `report.json` from a run's output directory and checks that
+/// the run was valid and did enough to prove something (at least `sends_ok_min` acknowledged
+/// sends and a final read). Returns the report; `Err` carries the summary.
+pub fn expect_valid_run(out: &Path, sends_ok_min: u64) -> Result<serde_json::Value, String> {
+    let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default();
+    let raw = std::fs::read_to_string(out.join("report.json"))
+        .map_err(|e| format!("report.json not written: {e}\n{summary}"))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&raw).map_err(|e| format!("report.json does not parse: {e}"))?;
+    if report["valid"] != true {
+        return Err(format!("the run is not valid\n{summary}"));
+    }
+    // A run where nothing was acknowledged or nothing was read back proves nothing.
+    let ops = &report["operations"];
+    let sends_ok = ops["send"]["ok"].as_u64().unwrap_or(0);
+    let final_reads_ok = ops["final_read"]["ok"].as_u64().unwrap_or(0);
+    if sends_ok < sends_ok_min || final_reads_ok == 0 {
+        return Err(format!(
+            "too little happened to check anything: {sends_ok} sends ok, {final_reads_ok} final \
+             reads ok\n{summary}"
+        ));
+    }
+    Ok(report)
 }

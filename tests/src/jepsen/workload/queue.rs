@@ -272,37 +272,15 @@ async fn final_read(queue: &Queue, env: &Env, partition: u32) -> Result<(), Stri
                 "final read stopped at offset {position} of {end:?}: {last_error}"
             ));
         }
-        let Some(target) = end else {
-            match timeout(POLL_TIMEOUT, client.seek(&tp, SeekTo::Latest)).await {
-                Ok(Ok(hw)) => {
-                    end = Some(hw.0);
-                    client
-                        .seek(&tp, SeekTo::Offset(Offset(position)))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                Ok(Err(e)) => last_error = e.to_string(),
-                Err(_) => last_error = "high watermark lookup timed out".into(),
-            }
-            if end.is_none() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            continue;
-        };
-        if position >= target {
-            // Look once more: done only when the end has not moved.
-            match timeout(POLL_TIMEOUT, client.seek(&tp, SeekTo::Latest)).await {
-                Ok(Ok(hw)) if hw.0 <= position => return Ok(()),
-                Ok(Ok(hw)) => {
-                    end = Some(hw.0);
-                    client
-                        .seek(&tp, SeekTo::Offset(Offset(position)))
-                        .await
-                        .map_err(|e| e.to_string())?;
+        if end.is_none_or(|target| position >= target) {
+            // (Re)learn the end; once reached, done only when it has not moved.
+            match high_watermark(&mut client, &tp, position).await {
+                Ok(hw) if end.is_some() && hw <= position => return Ok(()),
+                Ok(hw) => {
+                    end = Some(hw);
                     continue;
                 }
-                Ok(Err(e)) => last_error = e.to_string(),
-                Err(_) => last_error = "high watermark lookup timed out".into(),
+                Err(e) => last_error = e,
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
@@ -338,4 +316,23 @@ async fn final_read(queue: &Queue, env: &Env, partition: u32) -> Result<(), Stri
             }
         }
     }
+}
+
+/// The partition's high watermark, asked of its leader; the consumer's position is put back to
+/// `position` (looking up the end moves it there).
+async fn high_watermark(
+    client: &mut Consumer,
+    tp: &TopicPartition,
+    position: u64,
+) -> Result<u64, String> {
+    let hw = match timeout(POLL_TIMEOUT, client.seek(tp, SeekTo::Latest)).await {
+        Ok(Ok(hw)) => hw.0,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("high watermark lookup timed out".into()),
+    };
+    client
+        .seek(tp, SeekTo::Offset(Offset(position)))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(hw)
 }
