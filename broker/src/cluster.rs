@@ -61,6 +61,11 @@ const HINT_TTL: Duration = Duration::from_secs(3);
 pub const IN_SYNC_LAG_ENTRIES_MAX: u64 = 1000;
 /// How long a controller command may take, forwarding and retries included.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a fresh controller replica waits for the lowest voter to initialise the group
+/// before the lowest live voter does (see `Cluster::spawn_init_fallback`).
+const CONTROLLER_INIT_FALLBACK_AFTER: Duration = Duration::from_secs(5);
+/// The same for a new partition whose preferred replica is down.
+const PARTITION_INIT_FALLBACK_AFTER: Duration = Duration::from_secs(3);
 /// How long topic creation waits for every partition to elect a leader before answering.
 const CREATE_LEADERS_WAIT: Duration = Duration::from_secs(15);
 
@@ -608,7 +613,62 @@ impl Cluster {
             reconciling: tokio::sync::Mutex::new(()),
             _lock: lock,
         });
+        if fresh && ids.first() != Some(&node_id) {
+            cluster.spawn_init_fallback(
+                cluster.controller.clone(),
+                members(&cluster.voters, &ids),
+                ids,
+                CONTROLLER_INIT_FALLBACK_AFTER,
+            );
+        }
         Ok(cluster)
+    }
+
+    /// A fresh group is initialised by one replica only (`first` of `order`: the lowest voter
+    /// for the controller, the preferred replica for a partition), because openraft's
+    /// `initialize()` also starts an election and concurrent first candidates are to be
+    /// avoided. If that replica is down when the group is created, nobody would. So each other
+    /// replica waits `after`, and if the group is still empty then and this broker is the
+    /// first replica in `order` that is alive (heard from), it initialises it. Three brokers
+    /// with one missing on their very first start thus still form a cluster, and a topic
+    /// created while its preferred replica is down still gets leaders.
+    fn spawn_init_fallback(
+        self: &Arc<Self>,
+        raft: Raft,
+        membership: BTreeMap<NodeId, BasicNode>,
+        order: Vec<NodeId>,
+        after: Duration,
+    ) {
+        let cluster = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let Some(cluster) = cluster.upgrade() else {
+                    return;
+                };
+                let initialised = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    m.last_log_index.is_some() || m.current_leader.is_some()
+                };
+                if initialised {
+                    tracing::debug!(?order, "group initialised by another replica");
+                    return;
+                }
+                if started.elapsed() < after {
+                    continue;
+                }
+                let first_alive = order.iter().copied().find(|&n| cluster.is_alive(n));
+                if first_alive == Some(cluster.node_id) {
+                    tracing::info!(?order, "initialising a group whose first replica is down");
+                    if let Err(e) = raft.initialize(membership.clone()).await {
+                        tracing::debug!(error = %e, "group already initialised");
+                    }
+                    return;
+                }
+            }
+        });
     }
 
     pub fn defaults(&self) -> &LogConfig {
@@ -942,6 +1002,13 @@ impl Cluster {
             if let Err(e) = raft.initialize(members(&self.voters, &replicas)).await {
                 tracing::debug!(%group, error = %e, "partition group already initialised");
             }
+        } else if fresh {
+            self.spawn_init_fallback(
+                raft.clone(),
+                members(&self.voters, &replicas),
+                replicas.clone(),
+                PARTITION_INIT_FALLBACK_AFTER,
+            );
         } else if !fresh && replicas == [self.node_id] {
             let _ = raft.trigger().elect().await;
         }

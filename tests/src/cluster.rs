@@ -48,6 +48,8 @@ pub struct ClusterOptions {
     /// Keep data directories and logs here (created if missing, never deleted) instead of in a
     /// temporary directory.
     pub root: Option<PathBuf>,
+    /// Nodes configured as voters but not started (start them with [`Cluster::restart`]).
+    pub absent: Vec<i32>,
 }
 
 impl Default for ClusterOptions {
@@ -58,6 +60,7 @@ impl Default for ClusterOptions {
             extra_flags: Vec::new(),
             env: Vec::new(),
             root: None,
+            absent: Vec::new(),
         }
     }
 }
@@ -272,11 +275,16 @@ impl Cluster {
             extra: options.extra_flags,
             env: options.env,
         };
-        for id in cluster.ids() {
+        let present: Vec<i32> = cluster
+            .ids()
+            .into_iter()
+            .filter(|id| !options.absent.contains(id))
+            .collect();
+        for &id in &present {
             let (extra, env) = (cluster.extra.clone(), cluster.env.clone());
             cluster.node_mut(id).spawn(&extra, &env);
         }
-        for id in cluster.ids() {
+        for &id in &present {
             cluster.wait_ready(id).await;
         }
         cluster

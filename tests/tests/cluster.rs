@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rafka_client::connection::{Connection, ConnectionConfig};
 use rafka_client::{
-    Acks, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, SeekTo,
-    TopicPartition,
+    Acks, Admin, ClientConfig, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig,
+    ProducerRecord, SeekTo, TopicPartition,
 };
 use rafka_protocol::messages::{ProducePartition, ProduceRequest, ProduceTopic};
 use rafka_protocol::{BatchBuilder, BatchOptions, ErrorCode, Timestamp};
@@ -915,6 +915,56 @@ async fn leadership_returns_to_preferred_replicas_after_recovery() {
         restarted.elapsed()
     );
     producer.wait_more_acks(100, ACKS).await;
+    let outcomes = producer.stop().await;
+    assert_acked_in_order(&outcomes, seed);
+    verify(&mut cluster, TOPIC, 3, &acked(&outcomes), &[], seed).await;
+}
+
+/// Groups whose designated initialiser is down still form: a three-voter cluster whose lowest
+/// voter (the controller's initialiser) is missing on the very first start, and a topic whose
+/// partitions' preferred replica is down when it is created. Both get leaders from the live
+/// majority, take acks=all writes, and the missing broker joins when it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_form_without_their_first_replica() {
+    let _lock = exclusive().await;
+    let seed = seed("groups_form_without_their_first_replica");
+    const TOPIC: &str = "orphans";
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        absent: vec![1],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let live = cluster.bootstrap_of(&[2, 3]);
+    let admin = Admin::new(ClientConfig::new(live.clone())).unwrap();
+    // Node 1 never registered, so assignment uses nodes 2 and 3.
+    admin
+        .create_topic(NewTopic::new("early").partitions(2))
+        .await
+        .expect("create a topic on a cluster missing its lowest voter");
+    for p in 0..2 {
+        cluster.wait_for_leader("early", p, ELECTION).await;
+    }
+    cluster.restart(1).await;
+    cluster
+        .wait_until(ELECTION, "node 1 registered", async || {
+            let m = cluster.metadata_from(2).await?;
+            if m.brokers.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("{} brokers registered", m.brokers.len()))
+            }
+        })
+        .await;
+    // Now the preferred replica of some partitions is down when the topic is created.
+    cluster.kill(1);
+    cluster.create_topic(TOPIC, 3).await;
+    for p in 0..3 {
+        cluster.wait_for_leader(TOPIC, p, ELECTION).await;
+    }
+    let producer = SteadyProducer::start(&live, TOPIC, 3, "o", RATE);
+    producer.wait_more_acks(200, ACKS).await;
+    cluster.restart(1).await;
+    producer.wait_more_acks(200, ACKS).await;
     let outcomes = producer.stop().await;
     assert_acked_in_order(&outcomes, seed);
     verify(&mut cluster, TOPIC, 3, &acked(&outcomes), &[], seed).await;

@@ -99,6 +99,7 @@ impl Db {
                         "1".to_owned(),
                     )],
                     root: Some(root.to_path_buf()),
+                    absent: Vec::new(),
                 };
                 let cluster =
                     guarded("starting the local cluster", Cluster::start_with(options)).await?;
