@@ -516,14 +516,11 @@ impl Cluster {
                 reason: "it is in use by another broker process".into(),
             });
         }
-        let created: ReplicasFile = match std::fs::read(data_dir.join("replicas.json")) {
-            Ok(raw) => serde_json::from_slice(&raw).map_err(|e| Error::BrokenDirectory {
-                path: data_dir.join("replicas.json"),
-                reason: format!("unreadable: {e}"),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ReplicasFile::default(),
-            Err(e) => return Err(Error::io(data_dir.join("replicas.json"))(e)),
-        };
+        let created: ReplicasFile = crate::error::read_json_file(
+            &data_dir.join("replicas.json"),
+            "list of replicas created here",
+        )?
+        .unwrap_or_default();
         // Every replica created here must still have its directory (with its Raft state).
         let mut present = BTreeSet::new();
         for entry in std::fs::read_dir(data_dir.join("topics")).map_err(Error::io(data_dir))? {

@@ -166,4 +166,23 @@ impl Error {
     }
 }
 
+/// Reads one of the broker's small JSON state files (`raft-meta.json`, `replicas.json`, a
+/// controller snapshot): `Ok(None)` when it does not exist yet, `BrokenDirectory` naming the
+/// file and `what` it holds when it cannot be parsed, `Io` when it cannot be read.
+pub(crate) fn read_json_file<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| Error::BrokenDirectory {
+                path: path.to_path_buf(),
+                reason: format!("unreadable {what}: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path)(e)),
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

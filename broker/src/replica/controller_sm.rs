@@ -215,20 +215,12 @@ impl ControllerSm {
         published: watch::Sender<Arc<ClusterState>>,
     ) -> crate::error::Result<ControllerSm> {
         let snapshot_path = dir.join("snapshot.json");
-        let (state, applied, membership) = match std::fs::read(&snapshot_path) {
-            Ok(raw) => {
-                let f: SnapshotFile = serde_json::from_slice(&raw).map_err(|e| {
-                    crate::error::Error::BrokenDirectory {
-                        path: snapshot_path.clone(),
-                        reason: format!("unreadable controller snapshot: {e}"),
-                    }
-                })?;
-                (f.state, f.meta.last_log_id, f.meta.last_membership)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (ClusterState::default(), None, StoredMembership::default())
-            }
-            Err(e) => return Err(crate::error::Error::io(&snapshot_path)(e)),
+        let (state, applied, membership) = match crate::error::read_json_file::<SnapshotFile>(
+            &snapshot_path,
+            "controller snapshot",
+        )? {
+            Some(f) => (f.state, f.meta.last_log_id, f.meta.last_membership),
+            None => (ClusterState::default(), None, StoredMembership::default()),
         };
         published.send_replace(Arc::new(state.clone()));
         Ok(ControllerSm {

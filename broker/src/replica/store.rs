@@ -105,19 +105,11 @@ impl Shared {
     /// maps every entry after the purge point onto its batch.
     pub fn open(group: GroupId, log: Arc<Log>, fs: Fs) -> crate::error::Result<Arc<Shared>> {
         let meta_path = log.dir().join(META_FILE);
-        let meta: RaftMeta = match std::fs::read(&meta_path) {
-            Ok(raw) => {
-                serde_json::from_slice(&raw).map_err(|e| crate::error::Error::BrokenDirectory {
-                    path: meta_path.clone(),
-                    reason: format!("unreadable Raft state: {e}"),
-                })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RaftMeta {
+        let meta: RaftMeta = crate::error::read_json_file(&meta_path, "Raft state")?
+            .unwrap_or_else(|| RaftMeta {
                 group: group.0,
                 ..RaftMeta::default()
-            },
-            Err(e) => return Err(crate::error::Error::io(&meta_path)(e)),
-        };
+            });
         if meta.group != group.0 {
             return Err(crate::error::Error::BrokenDirectory {
                 path: meta_path,
