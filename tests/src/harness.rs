@@ -50,8 +50,27 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     }
 }
 
-/// A port free at the time of asking (the OS picks it).
+/// A port free at the time of asking, chosen below the kernel's ephemeral range: a port the
+/// OS hands out for `bind(0)` is one it also uses for outgoing connections, so between this
+/// check and the broker's own bind another process's connection could take it (a CI run
+/// failed on exactly that). Below the range only another listener can, which a random choice
+/// makes unlikely. Falls back to an OS-chosen port when the range leaves no room below.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    if ephemeral_low > LOWEST + 1000 {
+        let mut rng = rand::thread_rng();
+        for _ in 0..200 {
+            let port = rng.gen_range(LOWEST..ephemeral_low);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
