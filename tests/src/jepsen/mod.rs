@@ -74,9 +74,9 @@ pub async fn run(options: Options) -> Result<Outcome, String> {
             .map_err(|e| format!("cannot clear {}: {e}", cluster_dir.display()))?;
     }
     eprintln!(
-        "jepsen: workload {} nemesis {:?} time limit {:?} rate {}/s cluster {:?} seed {} out {}",
+        "jepsen: workload {} nemesis {} time limit {:?} rate {}/s cluster {:?} seed {} out {}",
         workload.name(),
-        options.nemesis,
+        options.nemesis.name(),
         options.time_limit,
         options.rate_per_s,
         options.cluster,
@@ -189,10 +189,7 @@ fn report(
     if let Some(map) = json.as_object_mut() {
         map.insert("valid".into(), valid.into());
         map.insert("workload".into(), options.workload.clone().into());
-        map.insert(
-            "nemesis".into(),
-            format!("{:?}", options.nemesis).to_lowercase().into(),
-        );
+        map.insert("nemesis".into(), options.nemesis.name().into());
         map.insert("seed".into(), options.seed.into());
         map.insert(
             "time_limit_s".into(),
@@ -219,8 +216,12 @@ fn report(
         .map_err(|e| write_err("report.json", e))?;
 
     let mut summary = format!(
-        "rafka-jepsen: workload {} nemesis {:?} for {:?} at {}/s, seed {}\n",
-        options.workload, options.nemesis, options.time_limit, options.rate_per_s, options.seed
+        "rafka-jepsen: workload {} nemesis {} for {:?} at {}/s, seed {}\n",
+        options.workload,
+        options.nemesis.name(),
+        options.time_limit,
+        options.rate_per_s,
+        options.seed
     );
     let faults: Vec<String> = nemesis
         .faults

@@ -59,6 +59,20 @@ impl std::str::FromStr for NemesisKind {
     }
 }
 
+impl NemesisKind {
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            NemesisKind::None => "none",
+            NemesisKind::Kill => "kill",
+            NemesisKind::Pause => "pause",
+            NemesisKind::Partition => "partition",
+            NemesisKind::LoseUnsynced => "lose-unsynced",
+            NemesisKind::All => "all",
+        }
+    }
+}
+
 /// One fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
