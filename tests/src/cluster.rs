@@ -424,7 +424,18 @@ impl Cluster {
             .filter(|n| n.is_running())
             .map(|n| n.id)
             .collect();
-        for &id in &running {
+        self.signal_and_reap(&running, signal, timeout).await
+    }
+
+    /// Continues paused nodes among `ids`, sends each `signal`, and reaps them all within
+    /// `timeout`.
+    async fn signal_and_reap(
+        &mut self,
+        ids: &[i32],
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<Vec<(i32, ExitStatus)>, String> {
+        for &id in ids {
             let node = self.node_mut(id);
             if node.stopped {
                 node.signal("CONT");
@@ -434,7 +445,7 @@ impl Cluster {
         }
         let deadline = Instant::now() + timeout;
         let mut statuses = Vec::new();
-        for id in running {
+        for &id in ids {
             loop {
                 if let Some(status) = self.node_mut(id).exited() {
                     self.node_mut(id).child = None;
@@ -500,31 +511,10 @@ impl Cluster {
     }
 
     async fn terminate_many(&mut self, ids: &[i32]) -> Vec<ExitStatus> {
-        for &id in ids {
-            let node = self.node_mut(id);
-            if node.stopped {
-                node.signal("CONT");
-                node.stopped = false;
-            }
-            node.signal("TERM");
+        match self.signal_and_reap(ids, "TERM", TERMINATE_TIMEOUT).await {
+            Ok(statuses) => statuses.into_iter().map(|(_, status)| status).collect(),
+            Err(e) => panic!("{e}"),
         }
-        let deadline = Instant::now() + TERMINATE_TIMEOUT;
-        let mut statuses = Vec::new();
-        for &id in ids {
-            loop {
-                if let Some(status) = self.node_mut(id).exited() {
-                    self.node_mut(id).child = None;
-                    statuses.push(status);
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "node {id} did not exit within {TERMINATE_TIMEOUT:?} of SIGTERM"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        statuses
     }
 
     async fn wait_ready(&mut self, id: i32) {
