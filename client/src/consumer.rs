@@ -1,5 +1,9 @@
-//! The consumer: reads assigned partitions from positions the caller controls (no consumer
-//! groups yet).
+//! The consumer: reads partitions it was assigned by hand ([`Consumer::assign`]) or given by
+//! a consumer group ([`Consumer::subscribe`]).
+//!
+//! Group membership (the heartbeat task, reconciliation, commits) lives in [`group`]; this
+//! module calls into it from `poll`, so rebalance callbacks and revocation commits happen on
+//! the application's task, between two batches of records.
 //!
 //! [`Consumer`] is owned by one task (`&mut self` methods). It keeps a position per assigned
 //! partition and at most one fetch in flight per broker, covering the partitions that broker
@@ -13,7 +17,10 @@
 //! makes the stale result harmless. OFFSET_OUT_OF_RANGE is reported as an error; the position
 //! is never reset behind the caller's back.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+pub mod group;
+mod subscribe;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +36,9 @@ use tokio::time::Instant;
 use crate::cluster::{BrokerId, ClientConfig, Cluster, TopicPartition, BOOTSTRAP_DEFAULT};
 use crate::connection::ConnectionConfig;
 use crate::error::{ClientError, Result};
+
+use group::GroupMember;
+pub use group::{CommitHandle, NoopListener, RebalanceListener};
 
 /// Fetch results waiting to be read by `poll`. At most one fetch per broker is in flight, so
 /// this only fills up with more brokers than slots, and then fetch tasks wait.
@@ -60,8 +70,31 @@ pub struct ConsumerConfig {
     pub max_partition_fetch_bytes: u32,
     pub request_timeout_ms: u64,
     pub retry_backoff_ms: u64,
-    /// Where a partition starts when assigned without a `seek`.
+    /// Where a partition starts when assigned without a `seek`; in a group, only where the
+    /// group has no committed offset (Kafka's `auto.offset.reset`).
     pub initial_position: SeekTo,
+    /// The consumer group [`Consumer::subscribe`] joins; also where `commit` and `committed`
+    /// go. `None`: only [`Consumer::assign`] can be used.
+    pub group_id: Option<String>,
+    /// Static membership: a member that restarts with the same instance id within
+    /// `session_timeout_ms` gets its partitions back without a rebalance (it leaves with epoch
+    /// -2 on close, which keeps them reserved).
+    pub group_instance_id: Option<String>,
+    /// How long the coordinator keeps a member without heartbeats before giving its partitions
+    /// to others.
+    pub session_timeout_ms: u32,
+    /// Longest time between two `poll` calls. Past it the background task leaves the group
+    /// (its partitions go to other members: this application is presumed stuck), and the next
+    /// `poll` reports them lost and rejoins.
+    pub max_poll_interval_ms: u64,
+    /// Commit the positions of owned partitions every `auto_commit_interval_ms` (from within
+    /// `poll`, asynchronously), before partitions are revoked (synchronously) and on `close`.
+    /// Positions cover every record `poll` returned, so a record counts as processed once the
+    /// next `poll` is called: at-least-once.
+    pub enable_auto_commit: bool,
+    pub auto_commit_interval_ms: u64,
+    /// The coordinator's assignor: `sticky`, `range` or `roundrobin`.
+    pub assignor: String,
 }
 
 impl Default for ConsumerConfig {
@@ -76,6 +109,13 @@ impl Default for ConsumerConfig {
             request_timeout_ms: 30_000,
             retry_backoff_ms: 100,
             initial_position: SeekTo::Earliest,
+            group_id: None,
+            group_instance_id: None,
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
+            enable_auto_commit: true,
+            auto_commit_interval_ms: 5_000,
+            assignor: "sticky".to_owned(),
         }
     }
 }
@@ -93,6 +133,26 @@ impl ConsumerConfig {
         if self.max_partition_fetch_bytes == 0 {
             return Err(ClientError::InvalidArgument(
                 "max_partition_fetch_bytes must be at least 1".into(),
+            ));
+        }
+        if self.group_id.as_deref() == Some("") {
+            return Err(ClientError::InvalidArgument(
+                "group_id must not be empty".into(),
+            ));
+        }
+        if self.group_instance_id.as_deref() == Some("") {
+            return Err(ClientError::InvalidArgument(
+                "group_instance_id must not be empty (use None for a dynamic member)".into(),
+            ));
+        }
+        if self.session_timeout_ms == 0
+            || self.max_poll_interval_ms == 0
+            || self.auto_commit_interval_ms == 0
+        {
+            return Err(ClientError::InvalidArgument(
+                "session_timeout_ms, max_poll_interval_ms and auto_commit_interval_ms must be \
+                 at least 1"
+                    .into(),
             ));
         }
         Ok(())
@@ -130,7 +190,19 @@ struct FetchDone {
     result: Result<FetchResponse>,
 }
 
-/// A consumer of explicitly assigned partitions.
+/// What a subscribed consumer keeps beside its positions.
+struct Subscription {
+    member: GroupMember,
+    /// Owned partitions whose committed offset is still to be fetched (their position is
+    /// `None` meanwhile). Kept apart so that a `poll` cancelled mid-fetch retries it instead
+    /// of falling back to `initial_position`.
+    awaiting_committed: BTreeSet<TopicPartition>,
+    next_auto_commit: Instant,
+    /// The positions the last auto-commit sent, to skip commits that would change nothing.
+    last_auto_commit: BTreeMap<TopicPartition, Offset>,
+}
+
+/// A consumer of explicitly assigned partitions, or a member of a consumer group.
 pub struct Consumer {
     cluster: Cluster,
     config: ConsumerConfig,
@@ -145,6 +217,10 @@ pub struct Consumer {
     deferred_error: Option<ClientError>,
     /// Some partition had no known leader: refresh metadata before the next fetches.
     metadata_stale: bool,
+    /// Set while subscribed to a group.
+    subscription: Option<Subscription>,
+    /// Told about partitions a group gives and takes.
+    listener: Box<dyn RebalanceListener>,
 }
 
 impl Consumer {
@@ -162,6 +238,8 @@ impl Consumer {
             results_rx,
             deferred_error: None,
             metadata_stale: false,
+            subscription: None,
+            listener: Box::new(NoopListener),
         })
     }
 
@@ -171,8 +249,13 @@ impl Consumer {
     }
 
     /// Replaces the assignment. Partitions already assigned keep their positions; new ones
-    /// start at `initial_position` unless sought.
+    /// start at `initial_position` unless sought. Ignored (with a warning) while subscribed
+    /// to a group, whose coordinator decides the assignment; `unsubscribe` first.
     pub fn assign<T: Into<TopicPartition>>(&mut self, partitions: impl IntoIterator<Item = T>) {
+        if self.subscription.is_some() {
+            tracing::warn!("assign() ignored: the consumer is subscribed to a group");
+            return;
+        }
         let new: BTreeMap<TopicPartition, Option<Offset>> = partitions
             .into_iter()
             .map(Into::into)
@@ -184,7 +267,7 @@ impl Consumer {
         self.positions = new;
     }
 
-    /// The assigned partitions.
+    /// The assigned partitions (in a group: the partitions this member owns now).
     pub fn assignment(&self) -> Vec<TopicPartition> {
         self.positions.keys().cloned().collect()
     }
@@ -204,6 +287,10 @@ impl Consumer {
         }
         let offset = self.resolve(tp, to).await?;
         self.positions.insert(tp.clone(), Some(offset));
+        if let Some(sub) = &mut self.subscription {
+            // An explicit position wins over the committed offset still being fetched.
+            sub.awaiting_committed.remove(tp);
+        }
         Ok(offset)
     }
 
@@ -224,6 +311,7 @@ impl Consumer {
             return Err(e);
         }
         let deadline = Instant::now() + timeout;
+        self.group_step().await?;
         self.resolve_positions().await?;
         let backoff = Duration::from_millis(self.config.retry_backoff_ms);
         loop {
@@ -242,12 +330,36 @@ impl Consumer {
             } else {
                 deadline
             };
-            let done = match tokio::time::timeout_at(wait_until, self.results_rx.recv()).await {
-                Ok(Some(done)) => done,
+            let group_changed = async {
+                match &self.subscription {
+                    Some(sub) => sub.member.shared.changed.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let received = tokio::select! {
+                r = tokio::time::timeout_at(wait_until, self.results_rx.recv()) => Some(r),
+                _ = group_changed => None,
+            };
+            let done = match received {
+                Some(Ok(Some(done))) => done,
                 // The sender half lives in `self`, so the channel cannot close.
-                Ok(None) => return Err(ClientError::Closed),
-                Err(_) if Instant::now() >= deadline => return Ok(Vec::new()),
-                Err(_) => continue,
+                Some(Ok(None)) => return Err(ClientError::Closed),
+                Some(Err(_)) if Instant::now() >= deadline => return Ok(Vec::new()),
+                Some(Err(_)) => {
+                    self.group_step().await?;
+                    self.resolve_positions().await?;
+                    continue;
+                }
+                None => {
+                    // A new assignment, fencing or failure: act on it now, not after the
+                    // poll's timeout.
+                    self.group_step().await?;
+                    self.resolve_positions().await?;
+                    if Instant::now() >= deadline {
+                        return Ok(Vec::new());
+                    }
+                    continue;
+                }
             };
             let records = self.handle_fetch(done)?;
             // Prefetch: the next fetch goes out before the caller processes these records.
@@ -275,7 +387,7 @@ impl Consumer {
         let unresolved: Vec<TopicPartition> = self
             .positions
             .iter()
-            .filter(|(_, p)| p.is_none())
+            .filter(|(tp, p)| p.is_none() && !self.awaiting_committed(tp))
             .map(|(tp, _)| tp.clone())
             .collect();
         if unresolved.is_empty() {

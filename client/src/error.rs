@@ -56,6 +56,25 @@ pub enum ClientError {
         partition: Option<u32>,
     },
 
+    /// A consumer-group API answered with an error for the whole request (group membership,
+    /// offset commit and fetch, group description). Retriable exactly when the code is
+    /// (NOT_COORDINATOR and the other coordinator codes: find the coordinator again). Fatal
+    /// for a commit: UNKNOWN_MEMBER_ID, FENCED_MEMBER_EPOCH, STALE_MEMBER_EPOCH (the member no
+    /// longer owns what it tried to commit); for a reset from outside the group:
+    /// NON_EMPTY_GROUP.
+    #[error("{}", describe_group_error(*code, group, message))]
+    Group {
+        code: ErrorCode,
+        group: String,
+        message: String,
+    },
+
+    /// An offset commit was sent at least once, every attempt ended in a timeout or a lost
+    /// connection (or a later attempt failed after an earlier one's fate was unknown), and the
+    /// request timeout ran out: the offsets may or may not have been committed.
+    #[error("offset commit for group '{group}' has an unknown outcome: {reason}")]
+    CommitOutcomeUnknown { group: String, reason: String },
+
     /// The broker sent bytes this client cannot decode (a bug or a version mismatch).
     #[error("protocol error from {addr}: {reason}")]
     Protocol { addr: String, reason: String },
@@ -107,8 +126,11 @@ impl ClientError {
             ClientError::Connect { .. }
             | ClientError::ConnectionLost { .. }
             | ClientError::Timeout { .. } => true,
-            ClientError::Broker { code, .. } => code.is_retriable(),
+            ClientError::Broker { code, .. } | ClientError::Group { code, .. } => {
+                code.is_retriable()
+            }
             ClientError::OutcomeUnknown { .. }
+            | ClientError::CommitOutcomeUnknown { .. }
             | ClientError::DeliveryTimeout { .. }
             | ClientError::Protocol { .. }
             | ClientError::InvalidArgument(_)
@@ -122,8 +144,9 @@ impl ClientError {
         match self {
             ClientError::ConnectionLost { .. }
             | ClientError::Timeout { .. }
-            | ClientError::OutcomeUnknown { .. } => true,
-            ClientError::Broker { code, .. } => {
+            | ClientError::OutcomeUnknown { .. }
+            | ClientError::CommitOutcomeUnknown { .. } => true,
+            ClientError::Broker { code, .. } | ClientError::Group { code, .. } => {
                 matches!(
                     code,
                     ErrorCode::RequestTimedOut | ErrorCode::UnknownServerError
@@ -150,7 +173,7 @@ impl ClientError {
     /// The broker error code, if this error carries one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Broker { code, .. } => Some(*code),
+            ClientError::Broker { code, .. } | ClientError::Group { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -191,6 +214,37 @@ fn describe_broker_error(
     }
 }
 
+/// One readable line for a group-level error, e.g.
+/// `group 'g' has members: stop them first (NON_EMPTY_GROUP)`.
+fn describe_group_error(code: ErrorCode, group: &str, message: &str) -> String {
+    let what = match code {
+        ErrorCode::NonEmptyGroup => format!(
+            "group '{group}' has active members; stop its consumers (or wait for their \
+             sessions to expire) before changing its offsets"
+        ),
+        ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable => {
+            format!("no coordinator available for group '{group}' yet")
+        }
+        ErrorCode::CoordinatorLoadInProgress => {
+            format!("the coordinator of group '{group}' is still loading")
+        }
+        ErrorCode::UnknownMemberId | ErrorCode::FencedMemberEpoch => {
+            format!("this consumer is no longer a member of group '{group}'")
+        }
+        ErrorCode::StaleMemberEpoch => format!(
+            "commit to group '{group}' refused: the member's epoch is stale or it no longer \
+             owns the partitions"
+        ),
+        ErrorCode::InvalidGroupId => format!("invalid group id '{group}'"),
+        _ => format!("group '{group}' request failed"),
+    };
+    if message.is_empty() {
+        format!("{what} ({})", code.name())
+    } else {
+        format!("{what}: {message} ({})", code.name())
+    }
+}
+
 /// The client's result type.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
@@ -224,5 +278,34 @@ mod tests {
         let bad = ClientError::broker(ErrorCode::CorruptMessage, "", "t", 0);
         assert!(!bad.is_retriable());
         assert!(!ClientError::InvalidArgument("x".into()).is_retriable());
+        let moved = ClientError::Group {
+            code: ErrorCode::NotCoordinator,
+            group: "g".into(),
+            message: String::new(),
+        };
+        assert!(moved.is_retriable() && !moved.is_ambiguous() && !moved.needs_metadata_refresh());
+        let stale = ClientError::Group {
+            code: ErrorCode::StaleMemberEpoch,
+            group: "g".into(),
+            message: String::new(),
+        };
+        assert!(!stale.is_retriable() && !stale.is_ambiguous());
+        let unknown = ClientError::CommitOutcomeUnknown {
+            group: "g".into(),
+            reason: "timed out".into(),
+        };
+        assert!(!unknown.is_retriable() && unknown.is_ambiguous());
+    }
+
+    #[test]
+    fn non_empty_group_says_what_to_do() {
+        let e = ClientError::Group {
+            code: ErrorCode::NonEmptyGroup,
+            group: "g".into(),
+            message: String::new(),
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("group 'g' has active members"), "{text}");
+        assert!(text.ends_with("(NON_EMPTY_GROUP)"), "{text}");
     }
 }

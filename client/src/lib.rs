@@ -6,7 +6,9 @@
 //! - [`partitioner`]: Kafka-compatible key hashing (murmur2) and sticky partitioning.
 //! - [`producer`]: batching per partition, one batch in flight per partition, retries that
 //!   keep order, bounded buffer memory.
-//! - [`consumer`]: assigned partitions, seek, poll with one prefetch per broker.
+//! - [`consumer`]: assigned partitions or consumer-group subscriptions, seek, poll with one
+//!   prefetch per broker, offset commits.
+//! - [`coordinator`]: finding a consumer group's coordinator and sending it requests.
 //! - [`admin`]: topics, configs, cluster metadata.
 //! - [`error`]: [`ClientError`], which says whether a failure is retriable and whether a write's
 //!   outcome is unknown rather than failed.
@@ -59,6 +61,7 @@ pub mod cli;
 pub mod cluster;
 pub mod connection;
 pub mod consumer;
+pub mod coordinator;
 pub mod error;
 pub mod partitioner;
 pub mod producer;
@@ -68,7 +71,10 @@ pub use cluster::{
     BrokerId, BrokerInfo, ClientConfig, Cluster, ClusterMetadata, PartitionInfo, TopicInfo,
     TopicPartition,
 };
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
+pub use consumer::{
+    CommitHandle, Consumer, ConsumerConfig, ConsumerRecord, NoopListener, RebalanceListener, SeekTo,
+};
+pub use coordinator::CoordinatorInfo;
 pub use error::{ClientError, Result};
 pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
