@@ -80,6 +80,10 @@ pub struct BrokerArgs {
     /// How often retention runs (default 300000 ms).
     #[arg(long, env = "RAFKA_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// Partitions of the internal `__consumer_offsets` topic when the cluster creates it
+    /// (default 8; later changes do not affect an existing topic).
+    #[arg(long, env = "RAFKA_OFFSETS_TOPIC_PARTITIONS", value_name = "N")]
+    pub offsets_topic_partitions: Option<u32>,
 }
 
 /// The resolved, checked configuration.
@@ -96,6 +100,7 @@ pub struct BrokerConfig {
     pub max_connections: u32,
     pub max_in_flight_per_connection: u32,
     pub retention_check_interval_ms: u64,
+    pub offsets_topic_partitions: u32,
     /// Log settings for topics that do not override them.
     pub log_defaults: LogConfig,
 }
@@ -183,6 +188,13 @@ impl BrokerConfig {
         if retention_check_interval_ms == 0 {
             return Err("--retention-check-interval-ms must be positive".into());
         }
+        let offsets_topic_partitions = pick!(offsets_topic_partitions, 8);
+        if !(1..=crate::topics::PARTITIONS_PER_TOPIC_MAX).contains(&offsets_topic_partitions) {
+            return Err(format!(
+                "--offsets-topic-partitions must be within 1..={}",
+                crate::topics::PARTITIONS_PER_TOPIC_MAX
+            ));
+        }
         Ok(BrokerConfig {
             node_id,
             data_dir: pick!(data_dir, PathBuf::from("rafka-data")),
@@ -195,6 +207,7 @@ impl BrokerConfig {
             max_connections,
             max_in_flight_per_connection,
             retention_check_interval_ms,
+            offsets_topic_partitions,
             log_defaults,
         })
     }

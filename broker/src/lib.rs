@@ -7,6 +7,7 @@
 //! - [`cluster`]: this broker in the cluster: the controller group, hosted partition replicas
 //!   (each a Raft group), the peer endpoint, leader hints, the data directory layout.
 //! - [`replica`]: openraft storage over the log, and the partition and controller state machines.
+//! - [`group`]: the consumer-group coordinator on the internal `__consumer_offsets` topic.
 //! - [`topics`]: topic rules: names, limits, config keys and how overrides combine.
 //! - [`server`]: the client protocol listener, connections, and one handler per API.
 //! - [`http`]: `/metrics`, `/health` and `/ready`.
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fs;
+pub mod group;
 pub mod http;
 pub mod log;
 pub mod metrics;

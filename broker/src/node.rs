@@ -101,12 +101,17 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
         ))
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let group_config = crate::group::GroupConfig {
+        offsets_partitions: config.offsets_topic_partitions,
+        ..crate::group::GroupConfig::default()
+    };
     let ctx = Arc::new(Context {
         cluster_id: "rafka".to_string(),
         cluster: Arc::clone(&cluster),
         config,
         shutdown: shutdown_rx.clone(),
         ready: AtomicBool::new(false),
+        groups: crate::group::Coordinator::new(Arc::clone(&cluster), group_config),
     });
     let server = Server::bind(Arc::clone(&ctx))
         .await
@@ -131,6 +136,7 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
     let http_task = tokio::spawn(crate::http::serve(http, Arc::clone(&ctx), metrics.clone()));
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&ctx), metrics));
     let server_task = tokio::spawn(server.run());
+    let coordinator = tokio::spawn(Arc::clone(&ctx.groups).run(shutdown_rx.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -143,6 +149,7 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
     let _ = registration.await;
     let _ = elections.await;
     let _ = balancer.await;
+    let _ = coordinator.await;
     cluster.shutdown().await;
     if let Some(t) = peer_task {
         t.abort();

@@ -29,6 +29,12 @@ pub const TOPIC_CONFIG_KEYS: [&str; 8] = [
 ];
 
 /// Checks a topic name: 1..=249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
+/// Whether `name` is one of the broker's internal topics (reserved prefix `__`), which
+/// clients can read but not write, create or delete.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with("__")
+}
+
 pub fn validate_topic_name(name: &str) -> Result<()> {
     let fail = |reason| {
         Err(Error::InvalidTopic {

@@ -18,10 +18,16 @@ pub enum ApiKey {
     Produce = 6,
     Fetch = 7,
     ListOffsets = 8,
+    FindCoordinator = 9,
+    ConsumerGroupHeartbeat = 10,
+    OffsetCommit = 11,
+    OffsetFetch = 12,
+    ListGroups = 13,
+    DescribeGroup = 14,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 9] = [
+    pub const ALL: [ApiKey; 15] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -31,6 +37,12 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::FindCoordinator,
+        ApiKey::ConsumerGroupHeartbeat,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroup,
     ];
 
     pub fn from_u32(key: u32) -> Option<ApiKey> {
@@ -49,6 +61,12 @@ impl ApiKey {
             ApiKey::Produce => "produce",
             ApiKey::Fetch => "fetch",
             ApiKey::ListOffsets => "list_offsets",
+            ApiKey::FindCoordinator => "find_coordinator",
+            ApiKey::ConsumerGroupHeartbeat => "consumer_group_heartbeat",
+            ApiKey::OffsetCommit => "offset_commit",
+            ApiKey::OffsetFetch => "offset_fetch",
+            ApiKey::ListGroups => "list_groups",
+            ApiKey::DescribeGroup => "describe_group",
         }
     }
 
@@ -83,6 +101,12 @@ requests! {
     ProduceRequest => ProduceResponse: Produce,
     FetchRequest => FetchResponse: Fetch,
     ListOffsetsRequest => ListOffsetsResponse: ListOffsets,
+    FindCoordinatorRequest => FindCoordinatorResponse: FindCoordinator,
+    ConsumerGroupHeartbeatRequest => ConsumerGroupHeartbeatResponse: ConsumerGroupHeartbeat,
+    OffsetCommitRequest => OffsetCommitResponse: OffsetCommit,
+    OffsetFetchRequest => OffsetFetchResponse: OffsetFetch,
+    ListGroupsRequest => ListGroupsResponse: ListGroups,
+    DescribeGroupRequest => DescribeGroupResponse: DescribeGroup,
 }
 
 /// `acks` values of a produce request.
@@ -97,3 +121,18 @@ pub mod list_offsets {
     pub const EARLIEST: i64 = -2;
     pub const LATEST: i64 = -1;
 }
+
+/// Special member epochs of a consumer-group heartbeat and offset commit.
+pub mod member_epoch {
+    /// Joining (or rejoining after being fenced).
+    pub const JOIN: i32 = 0;
+    /// Leaving the group.
+    pub const LEAVE: i32 = -1;
+    /// A static member leaving for a restart: it keeps its partitions until its session ends.
+    pub const STATIC_LEAVE: i32 = -2;
+    /// An offset commit from outside the group (only while the group has no members).
+    pub const NONE: i32 = -1;
+}
+
+/// The name of the internal topic holding consumer-group state and committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";

@@ -31,6 +31,26 @@ pub enum ErrorCode {
     StorageError,
     BrokerShuttingDown,
     InvalidRequiredAcks,
+    /// This broker does not coordinate the group (or no longer does): find the coordinator again.
+    NotCoordinator,
+    /// The group's coordinator is not elected yet, or the offsets topic is being created.
+    CoordinatorNotAvailable,
+    /// The coordinator is rebuilding its state from the offsets log.
+    CoordinatorLoadInProgress,
+    /// The member is not in the group (evicted, or never joined): rejoin with epoch 0.
+    UnknownMemberId,
+    /// The member's epoch is not the one the coordinator gave it (or another instance replaced it): rejoin with epoch 0.
+    FencedMemberEpoch,
+    /// An offset commit from an older member epoch, or for partitions the member no longer owns.
+    StaleMemberEpoch,
+    /// An empty or over-long group id.
+    InvalidGroupId,
+    /// The operation needs a group without members (offset reset from outside the group).
+    NonEmptyGroup,
+    /// The member named an assignor the broker does not have.
+    UnsupportedAssignor,
+    /// The group already has the most members the broker allows.
+    GroupMaxSizeReached,
     /// A code this build does not know (from a newer peer).
     Unknown(i32),
 }
@@ -58,6 +78,16 @@ impl ErrorCode {
             ErrorCode::StorageError => 16,
             ErrorCode::BrokerShuttingDown => 17,
             ErrorCode::InvalidRequiredAcks => 18,
+            ErrorCode::NotCoordinator => 19,
+            ErrorCode::CoordinatorNotAvailable => 20,
+            ErrorCode::CoordinatorLoadInProgress => 21,
+            ErrorCode::UnknownMemberId => 22,
+            ErrorCode::FencedMemberEpoch => 23,
+            ErrorCode::StaleMemberEpoch => 24,
+            ErrorCode::InvalidGroupId => 25,
+            ErrorCode::NonEmptyGroup => 26,
+            ErrorCode::UnsupportedAssignor => 27,
+            ErrorCode::GroupMaxSizeReached => 28,
             ErrorCode::Unknown(c) => c,
         }
     }
@@ -83,6 +113,16 @@ impl ErrorCode {
             16 => ErrorCode::StorageError,
             17 => ErrorCode::BrokerShuttingDown,
             18 => ErrorCode::InvalidRequiredAcks,
+            19 => ErrorCode::NotCoordinator,
+            20 => ErrorCode::CoordinatorNotAvailable,
+            21 => ErrorCode::CoordinatorLoadInProgress,
+            22 => ErrorCode::UnknownMemberId,
+            23 => ErrorCode::FencedMemberEpoch,
+            24 => ErrorCode::StaleMemberEpoch,
+            25 => ErrorCode::InvalidGroupId,
+            26 => ErrorCode::NonEmptyGroup,
+            27 => ErrorCode::UnsupportedAssignor,
+            28 => ErrorCode::GroupMaxSizeReached,
             c => ErrorCode::Unknown(c),
         }
     }
@@ -103,6 +143,9 @@ impl ErrorCode {
                 | ErrorCode::StorageError
                 | ErrorCode::BrokerShuttingDown
                 | ErrorCode::UnknownServerError
+                | ErrorCode::NotCoordinator
+                | ErrorCode::CoordinatorNotAvailable
+                | ErrorCode::CoordinatorLoadInProgress
         )
     }
 
@@ -128,6 +171,16 @@ impl ErrorCode {
             ErrorCode::StorageError => "STORAGE_ERROR",
             ErrorCode::BrokerShuttingDown => "BROKER_SHUTTING_DOWN",
             ErrorCode::InvalidRequiredAcks => "INVALID_REQUIRED_ACKS",
+            ErrorCode::NotCoordinator => "NOT_COORDINATOR",
+            ErrorCode::CoordinatorNotAvailable => "COORDINATOR_NOT_AVAILABLE",
+            ErrorCode::CoordinatorLoadInProgress => "COORDINATOR_LOAD_IN_PROGRESS",
+            ErrorCode::UnknownMemberId => "UNKNOWN_MEMBER_ID",
+            ErrorCode::FencedMemberEpoch => "FENCED_MEMBER_EPOCH",
+            ErrorCode::StaleMemberEpoch => "STALE_MEMBER_EPOCH",
+            ErrorCode::InvalidGroupId => "INVALID_GROUP_ID",
+            ErrorCode::NonEmptyGroup => "NON_EMPTY_GROUP",
+            ErrorCode::UnsupportedAssignor => "UNSUPPORTED_ASSIGNOR",
+            ErrorCode::GroupMaxSizeReached => "GROUP_MAX_SIZE_REACHED",
             ErrorCode::Unknown(_) => "UNKNOWN_CODE",
         }
     }
@@ -146,7 +199,7 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_distinct() {
         let mut seen = std::collections::HashSet::new();
-        for c in 0..19 {
+        for c in 0..29 {
             let e = ErrorCode::from_code(c);
             assert_eq!(e.code(), c);
             assert!(seen.insert(e.name()), "duplicate name for {c}");

@@ -14,6 +14,17 @@ use crate::error::Error;
 use crate::replica::controller_sm::Command;
 use crate::topics::{effective_config, validate_topic_name, PARTITIONS_PER_TOPIC_MAX};
 
+/// Clients may not create or delete the broker's internal topics (names starting `__`).
+fn refuse_internal(name: &str) -> crate::Result<()> {
+    if crate::topics::is_internal(name) {
+        return Err(Error::InvalidTopic {
+            name: name.to_string(),
+            reason: "names starting with '__' are reserved for the broker's internal topics",
+        });
+    }
+    Ok(())
+}
+
 fn result(name: String, r: crate::Result<()>) -> TopicResult {
     match r {
         Ok(()) => TopicResult {
@@ -31,6 +42,7 @@ fn result(name: String, r: crate::Result<()>) -> TopicResult {
 
 async fn create_one(ctx: &Context, t: CreatableTopic, validate_only: bool) -> crate::Result<()> {
     validate_topic_name(&t.name)?;
+    refuse_internal(&t.name)?;
     let partitions = if t.partitions == 0 { 1 } else { t.partitions };
     if partitions > PARTITIONS_PER_TOPIC_MAX {
         return Err(Error::InvalidPartitions {
@@ -82,10 +94,14 @@ pub async fn create_topics(ctx: Arc<Context>, req: CreateTopicsRequest) -> Creat
 pub async fn delete_topics(ctx: Arc<Context>, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
     let mut results = Vec::with_capacity(req.names.len());
     for name in req.names {
-        let r = ctx
-            .cluster
-            .propose(Command::DeleteTopic { name: name.clone() })
-            .await;
+        let r = match refuse_internal(&name) {
+            Ok(()) => {
+                ctx.cluster
+                    .propose(Command::DeleteTopic { name: name.clone() })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if r.is_ok() {
             tracing::info!(topic = %name, "deleted topic");
         }

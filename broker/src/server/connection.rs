@@ -82,7 +82,7 @@ pub async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         let ctx = Arc::clone(&ctx);
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Some(response) = dispatch::handle(&ctx, header, body).await {
+            if let Some(response) = dispatch::handle(&ctx, header, body, peer).await {
                 // A closed channel means the connection is gone; the response has nowhere to go.
                 let _ = tx.send(response).await;
             }

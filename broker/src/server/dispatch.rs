@@ -9,14 +9,19 @@ use bytes::Bytes;
 use rafka_protocol::messages::*;
 use rafka_protocol::{frame, ApiKey, ErrorCode, Request};
 
-use super::{admin, fetch, list_offsets, metadata, produce, Context};
+use super::{admin, fetch, group, list_offsets, metadata, produce, Context};
 
 /// A response frame's payload as a list of buffers written with one `writev`, so that record
 /// data served by a fetch is never copied into a frame buffer.
 pub type Segments = Vec<Bytes>;
 
 /// Handles one request; `None` when no response is due (produce with acks=0).
-pub async fn handle(ctx: &Arc<Context>, header: RequestHeader, body: Bytes) -> Option<Segments> {
+pub async fn handle(
+    ctx: &Arc<Context>,
+    header: RequestHeader,
+    body: Bytes,
+    peer: std::net::SocketAddr,
+) -> Option<Segments> {
     let started = Instant::now();
     let corr = header.correlation_id;
     let Some(api) = ApiKey::from_u32(header.api_key) else {
@@ -72,6 +77,17 @@ pub async fn handle(ctx: &Arc<Context>, header: RequestHeader, body: Bytes) -> O
             )),
         },
         ApiKey::ListOffsets => run(corr, body, |r| list_offsets::list_offsets(ctx, r)).await,
+        ApiKey::FindCoordinator => run(corr, body, |r| group::find_coordinator(ctx, r)).await,
+        ApiKey::ConsumerGroupHeartbeat => {
+            run(corr, body, |r| {
+                group::heartbeat(ctx, r, peer.ip().to_string())
+            })
+            .await
+        }
+        ApiKey::OffsetCommit => run(corr, body, |r| group::offset_commit(ctx, r)).await,
+        ApiKey::OffsetFetch => run(corr, body, |r| group::offset_fetch(ctx, r)).await,
+        ApiKey::ListGroups => run(corr, body, |_: ListGroupsRequest| group::list_groups(ctx)).await,
+        ApiKey::DescribeGroup => run(corr, body, |r| group::describe_group(ctx, r)).await,
     };
     metrics::counter!("rafka_requests_total", "api" => api.name()).increment(1);
     metrics::histogram!("rafka_request_duration_seconds", "api" => api.name())

@@ -5,7 +5,7 @@
 //!   a writer task for responses.
 //! - [`dispatch`]: decodes a request by API key and calls its handler.
 //! - one module per API family: [`metadata`], [`admin`], [`produce`], [`fetch`],
-//!   [`list_offsets`].
+//!   [`list_offsets`], [`group`].
 //!
 //! State shared by all connections is the [`Context`]; handlers never hold a lock across an
 //! await, and run blocking file I/O on tokio's blocking pool.
@@ -14,6 +14,7 @@ pub mod admin;
 pub mod connection;
 pub mod dispatch;
 pub mod fetch;
+pub mod group;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -41,6 +42,8 @@ pub struct Context {
     /// True once the listener is bound and storage is open (for `/ready`).
     pub ready: AtomicBool,
     pub cluster_id: String,
+    /// The consumer-group coordinator.
+    pub groups: Arc<crate::group::Coordinator>,
 }
 
 impl Context {

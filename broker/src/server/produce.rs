@@ -91,6 +91,15 @@ async fn append_one(
             ),
         );
     }
+    if crate::topics::is_internal(&topic) {
+        return (
+            topic_index,
+            fail(
+                ErrorCode::InvalidTopic,
+                format!("{topic} is internal: only the broker writes to it"),
+            ),
+        );
+    }
     let partition = match ctx.cluster.leader_partition(&topic, index) {
         Ok(p) => p,
         Err(e) => {

@@ -59,7 +59,7 @@ const IDLE_WAIT: Duration = Duration::from_secs(3600);
 /// committing by hand should do it there (the consumer cannot be used from inside the
 /// callback, so keep the offsets to commit on the side and call `commit_offsets` right after
 /// `poll` returns; the partitions are still owned until the next heartbeat).
-pub trait RebalanceListener: Send {
+pub trait RebalanceListener: Send + Sync {
     /// Partitions this consumer gives up in a rebalance; their records are no longer returned.
     fn on_partitions_revoked(&mut self, partitions: &[TopicPartition]) {
         let _ = partitions;
