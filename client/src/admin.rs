@@ -1,9 +1,11 @@
-//! The admin client: topics, topic configs and cluster metadata.
+//! The admin client: topics, topic configs and cluster metadata; consumer groups in [`group`].
 //!
 //! Topic creation and deletion go to the controller when metadata names one, else to any
 //! broker. Each call is retried on connection errors and retriable codes until the request
 //! timeout; a retried create may then report TOPIC_ALREADY_EXISTS for a topic the first
 //! attempt created, which is why [`Admin::create_topic`] documents that case.
+
+pub mod group;
 
 use std::collections::BTreeMap;
 

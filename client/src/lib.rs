@@ -9,7 +9,8 @@
 //! - [`consumer`]: assigned partitions or consumer-group subscriptions, seek, poll with one
 //!   prefetch per broker, offset commits.
 //! - [`coordinator`]: finding a consumer group's coordinator and sending it requests.
-//! - [`admin`]: topics, configs, cluster metadata.
+//! - [`admin`]: topics, configs, cluster metadata, consumer groups (list, describe with lag,
+//!   offset reset).
 //! - [`error`]: [`ClientError`], which says whether a failure is retriable and whether a write's
 //!   outcome is unknown rather than failed.
 //! - `cli` (private): the `rafka` binary's commands.
@@ -66,6 +67,7 @@ pub mod error;
 pub mod partitioner;
 pub mod producer;
 
+pub use admin::group::{GroupDescription, GroupListing, MemberDescription, PartitionLag};
 pub use admin::{Admin, ConfigChanges, ConfigEntry, NewTopic};
 pub use cluster::{
     BrokerId, BrokerInfo, ClientConfig, Cluster, ClusterMetadata, PartitionInfo, TopicInfo,

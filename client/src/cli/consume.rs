@@ -1,9 +1,16 @@
-//! `rafka consume`: prints records of one partition or every partition of a topic.
+//! `rafka consume`: prints records of one partition or every partition of a topic, or, with
+//! `--group`, of the partitions a consumer group gives this process.
+//!
+//! With `--group` the consumer subscribes; `--from` applies only to partitions the group has
+//! no committed offset for, and on exit (`--commit true`, the default) the offsets after the
+//! printed records are committed before leaving the group. A record is printed before its
+//! offset is committed, so a crash may print it again: at-least-once.
 //!
 //! Stops after `--max-messages`, after `--idle-timeout-ms` without a new record, or on SIGINT
 //! (exit 0 in all three cases). Each record is written and flushed at once, so a pipe reader
 //! sees it immediately; a closed pipe ends the command quietly.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
@@ -19,17 +26,19 @@ use crate::protocol::{Offset, Timestamp};
 const POLL_SLICE: Duration = Duration::from_secs(1);
 
 pub async fn run(bootstrap: &str, args: ConsumeArgs) -> CliResult {
-    if args.group.is_some() {
-        return Err(CliError::not_implemented("consumer groups are"));
-    }
     if args.isolation == Isolation::ReadCommitted {
         return Err(CliError::not_implemented(
             "--isolation read_committed (transactions) is",
         ));
     }
-    if args.commit == Some(true) {
-        return Err(CliError::not_implemented(
-            "--commit true (committed offsets need consumer groups, which are)",
+    if args.group.is_some() && args.partition.is_some() {
+        return Err(CliError::usage(
+            "--partition cannot be used with --group: the group assigns the partitions",
+        ));
+    }
+    if args.group.is_none() && args.commit == Some(true) {
+        return Err(CliError::usage(
+            "--commit true needs --group (offsets are committed to a consumer group)",
         ));
     }
     let start = match args.from {
@@ -38,13 +47,27 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> CliResult {
         StartFrom::Offset(o) => SeekTo::Offset(Offset(o)),
         StartFrom::Timestamp(t) => SeekTo::Timestamp(Timestamp(t)),
     };
+    let commit = args.commit.unwrap_or(true);
     let mut consumer = Consumer::new(ConsumerConfig {
         bootstrap: bootstrap.to_owned(),
         client_id: "rafka-cli".to_owned(),
         initial_position: start,
+        group_id: args.group.clone(),
+        // Positions cover exactly what was printed when the loop ends (see `print_records`),
+        // so committing positions commits what was printed.
+        enable_auto_commit: commit,
         ..ConsumerConfig::default()
     })?;
     let topic = consumer.cluster().topic(&args.topic).await?;
+    if args.group.is_some() {
+        consumer.subscribe([args.topic.clone()])?;
+        let printed = print_records(&mut consumer, &args).await;
+        // Leave (committing what was printed) even after a failure, so the partitions move
+        // to other members now rather than after the session timeout.
+        let closed = consumer.close().await;
+        printed?;
+        return closed.map_err(|e| CliError::failure(format!("leaving the group: {e}")));
+    }
     let partitions: Vec<u32> = match args.partition {
         Some(p) if p as usize >= topic.partitions.len() => {
             return Err(CliError::usage(format!(
@@ -61,6 +84,13 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> CliResult {
             .into_iter()
             .map(|p| TopicPartition::new(args.topic.clone(), p)),
     );
+    print_records(&mut consumer, &args).await
+}
+
+/// Prints records until `--max-messages`, `--idle-timeout-ms` or SIGINT. When it stops in the
+/// middle of a batch, each partition with unprinted records is sought back to the first one,
+/// so the consumer's positions (which a group commits on close) match what was printed.
+async fn print_records(consumer: &mut Consumer, args: &ConsumeArgs) -> CliResult {
     if args.max_messages == Some(0) {
         return Ok(());
     }
@@ -89,18 +119,40 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> CliResult {
             last_record = Instant::now();
         }
         let mut out = stdout.lock();
-        for r in &records {
-            match write_record(&mut out, r, args.format) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        for (i, r) in records.iter().enumerate() {
+            let done = match write_record(&mut out, r, args.format) {
+                Ok(()) => {
+                    printed += 1;
+                    Some(printed) == args.max_messages
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => true,
                 Err(e) => return Err(CliError::failure(format!("writing stdout: {e}"))),
-            }
-            printed += 1;
-            if Some(printed) == args.max_messages {
+            };
+            if done {
+                drop(out);
+                let unprinted = if i + 1 < records.len() {
+                    first_offsets(&records[i + 1..])
+                } else {
+                    BTreeMap::new()
+                };
+                for (tp, offset) in unprinted {
+                    consumer.seek(&tp, SeekTo::Offset(offset)).await?;
+                }
                 return Ok(());
             }
         }
     }
+}
+
+/// The first offset of each partition among `records`.
+fn first_offsets(records: &[ConsumerRecord]) -> BTreeMap<TopicPartition, Offset> {
+    let mut first = BTreeMap::new();
+    for r in records {
+        first
+            .entry(TopicPartition::new(r.topic.clone(), r.partition))
+            .or_insert(r.offset);
+    }
+    first
 }
 
 /// Writes one record in `format` and flushes, so each record is visible at once.
@@ -123,6 +175,27 @@ pub fn write_record(
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    fn record(partition: u32, offset: u64) -> ConsumerRecord {
+        ConsumerRecord {
+            topic: "t".into(),
+            partition,
+            offset: Offset(offset),
+            timestamp: None,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn first_unprinted_offset_per_partition() {
+        let rest = [record(0, 5), record(1, 9), record(0, 6)];
+        let first = first_offsets(&rest);
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[&TopicPartition::new("t", 0)], Offset(5));
+        assert_eq!(first[&TopicPartition::new("t", 1)], Offset(9));
+    }
 
     #[test]
     fn text_prints_the_value_per_line() {

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod consume;
 pub mod format;
+pub mod group;
 pub mod produce;
 pub mod topic;
 
@@ -88,7 +89,7 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Print records of a topic.
     Consume(ConsumeArgs),
-    /// Consumer groups (not implemented yet).
+    /// List, describe and reset consumer groups.
     Group {
         #[command(subcommand)]
         command: GroupCommand,
@@ -191,7 +192,8 @@ pub enum StartFrom {
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
     pub topic: String,
-    /// Consumer group (not implemented yet).
+    /// Consume as a member of this consumer group (partitions assigned by the group; starts
+    /// at committed offsets).
     #[arg(long)]
     pub group: Option<String>,
     /// Only this partition (default: every partition of the topic).
@@ -210,23 +212,25 @@ pub struct ConsumeArgs {
     pub isolation: Isolation,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-    /// Commit offsets to the group (needs consumer groups, not implemented yet).
+    /// With --group: commit the offsets of the printed records before exiting (default true).
     #[arg(long, action = clap::ArgAction::Set)]
     pub commit: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
+    /// Every group, its state and member count.
     List,
-    Describe {
-        group: String,
-    },
+    /// Members, assignment, committed offsets and lag (records and ms) per partition.
+    Describe { group: String },
+    /// Set the group's committed offsets of a topic (the group must have no members).
     ResetOffsets {
         group: String,
         #[arg(long)]
         topic: String,
-        #[arg(long)]
-        to: String,
+        /// earliest, latest, an OFFSET, or @TIMESTAMP_MS.
+        #[arg(long, value_parser = parse_from)]
+        to: StartFrom,
     },
 }
 
@@ -272,7 +276,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Topic { command } => topic::run(&bootstrap, command).await,
         Command::Produce(args) => produce::run(&bootstrap, args).await,
         Command::Consume(args) => consume::run(&bootstrap, args).await,
-        Command::Group { .. } => Err(CliError::not_implemented("consumer groups are")),
+        Command::Group { command } => group::run(&bootstrap, command).await,
         Command::Cluster {
             command: ClusterCommand::Status,
         } => cluster::status(&bootstrap).await,
@@ -405,7 +409,26 @@ mod tests {
     }
 
     #[test]
-    fn group_commands_parse_and_fail_clearly() {
+    fn group_commands_parse() {
+        let cli = parse(&[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to",
+            "@1700000000000",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Group {
+                command: GroupCommand::ResetOffsets { group, topic, to },
+            } => {
+                assert_eq!((group.as_str(), topic.as_str()), ("g", "t"));
+                assert_eq!(to, StartFrom::Timestamp(1_700_000_000_000));
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(parse(&[
             "group",
             "reset-offsets",
@@ -413,11 +436,54 @@ mod tests {
             "--topic",
             "t",
             "--to",
-            "earliest"
+            "soon"
         ])
-        .is_ok());
-        let e = CliError::not_implemented("consumer groups are");
-        assert_eq!(e.message, "consumer groups are not implemented yet");
+        .is_err());
+        assert!(parse(&["group", "reset-offsets", "g", "--to", "earliest"]).is_err());
+        assert!(parse(&["group", "describe"]).is_err());
+        assert!(parse(&["group", "list"]).is_ok());
+    }
+
+    #[test]
+    fn consume_group_flags() {
+        let cli = parse(&["consume", "t", "--group", "g", "--commit", "false"]).unwrap();
+        let Command::Consume(c) = cli.command else {
+            panic!("not consume")
+        };
+        assert_eq!(c.group.as_deref(), Some("g"));
+        assert_eq!(c.commit, Some(false));
+        assert!(parse(&["consume", "t", "--group", "g", "--commit", "maybe"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn consume_rejects_flags_that_do_not_mix() {
+        let args = |group: Option<&str>, partition: Option<u32>, commit: Option<bool>| {
+            let mut a = vec!["consume".to_owned(), "t".to_owned()];
+            if let Some(g) = group {
+                a.extend(["--group".to_owned(), g.to_owned()]);
+            }
+            if let Some(p) = partition {
+                a.extend(["--partition".to_owned(), p.to_string()]);
+            }
+            if let Some(c) = commit {
+                a.extend(["--commit".to_owned(), c.to_string()]);
+            }
+            let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+            let Command::Consume(c) = parse(&refs).unwrap().command else {
+                panic!("not consume")
+            };
+            c
+        };
+        // Both fail before any connection is attempted.
+        let e = consume::run("127.0.0.1:1", args(Some("g"), Some(0), None))
+            .await
+            .unwrap_err();
         assert_eq!(e.exit_code, EXIT_USAGE);
+        assert!(e.message.contains("--partition"), "{}", e.message);
+        let e = consume::run("127.0.0.1:1", args(None, None, Some(true)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code, EXIT_USAGE);
+        assert!(e.message.contains("--group"), "{}", e.message);
     }
 }
