@@ -238,7 +238,8 @@ fn describe_group_error(code: ErrorCode, group: &str, message: &str) -> String {
         ErrorCode::InvalidGroupId => format!("invalid group id '{group}'"),
         _ => format!("group '{group}' request failed"),
     };
-    if message.is_empty() {
+    // The phrase above already says what the broker's message would.
+    if message.is_empty() || code == ErrorCode::NonEmptyGroup {
         format!("{what} ({})", code.name())
     } else {
         format!("{what}: {message} ({})", code.name())
