@@ -306,6 +306,14 @@ impl Consumer {
 
     /// Returns the records fetched next, waiting up to `timeout` for some; an empty vector
     /// when none came in time.
+    ///
+    /// When subscribed, `poll` is also where the group's decisions take effect: rebalance
+    /// callbacks run here, revoked partitions are committed here (synchronously, so a poll
+    /// during a rebalance may take up to the request timeout when the coordinator is
+    /// unreachable), added partitions are positioned at their committed offsets, and
+    /// auto-commits are queued. Errors of an earlier `commit_async` whose handle was dropped,
+    /// and fatal group errors (invalid group id, unknown assignor, group full), are returned
+    /// here. Call it at least every `max_poll_interval_ms`, or the member leaves the group.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         if let Some(e) = self.deferred_error.take() {
             return Err(e);

@@ -43,6 +43,25 @@ impl Consumer {
     ///
     /// Fails when no group id is configured, the topic list is empty, partitions were assigned
     /// by hand, or the consumer is already subscribed (unsubscribe first to change topics).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use rafka_client::{Consumer, ConsumerConfig};
+    /// # async fn demo() -> Result<(), rafka_client::ClientError> {
+    /// let mut consumer = Consumer::new(ConsumerConfig {
+    ///     group_id: Some("billing".into()),
+    ///     ..ConsumerConfig::default()
+    /// })?;
+    /// consumer.subscribe(["events"])?;
+    /// for _ in 0..10 {
+    ///     for record in consumer.poll(Duration::from_secs(1)).await? {
+    ///         println!("{}-{} {:?}", record.topic, record.partition, record.offset);
+    ///     }
+    /// }
+    /// consumer.close().await?; // commits the positions (auto-commit) and leaves the group
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn subscribe<T: Into<String>>(
         &mut self,
         topics: impl IntoIterator<Item = T>,
