@@ -62,12 +62,16 @@ pub fn encode(records: &[CoordRecord]) -> Bytes {
     b.build()
 }
 
-/// Decodes the records of `batches` (as read from the log). A record that does not parse is
-/// an error: the offsets log is only written by coordinators.
+/// Decodes the records of `batches` (as read from the log), skipping control batches. A
+/// record that does not parse is an error: the offsets log is only written by coordinators.
 pub fn decode(batches: Bytes) -> Result<Vec<CoordRecord>, String> {
     let mut out = Vec::new();
     for batch in BatchIter::new(batches) {
         let batch = batch.map_err(|e| e.to_string())?;
+        // Raft's own entries (leader blanks, membership changes) are control batches.
+        if batch.header().attributes.is_control() {
+            continue;
+        }
         for rec in batch.records() {
             let rec = rec.map_err(|e| e.to_string())?;
             let value = rec.value.unwrap_or_default();
