@@ -373,8 +373,19 @@ impl Partition {
     /// by openraft once a snapshot covers them (so a follower that still needs them gets the
     /// snapshot and continues from the new log start). One step per call: snapshot first,
     /// purge on a later pass.
+    ///
+    /// A partition of `__consumer_offsets` has no time or size retention: it is cut below
+    /// the segment holding its latest committed coordinator snapshot instead (see
+    /// [`crate::group::records::snapshot_cut`]), on every replica alike.
     pub async fn enforce_retention(&self, now: rafka_protocol::Timestamp) -> Result<()> {
-        let Some(cut) = self.log.retention_cut(now)? else {
+        let cut = if self.topic == rafka_protocol::api::OFFSETS_TOPIC {
+            let log = Arc::clone(&self.log);
+            let hw = self.high_watermark();
+            crate::server::blocking(move || crate::group::records::snapshot_cut(&log, hw)).await?
+        } else {
+            self.log.retention_cut(now)?
+        };
+        let Some(cut) = cut else {
             return Ok(());
         };
         let Some(upto) = self.shared.index_before(cut) else {

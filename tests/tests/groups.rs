@@ -747,3 +747,98 @@ async fn commits_from_fenced_or_stale_members_are_refused() {
         .expect("p0");
     assert_eq!(p0.offset, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_snapshots_let_retention_cut_the_offsets_log() {
+    let _lock = exclusive().await;
+    // Small segments and frequent retention passes, so that snapshots retire segments soon.
+    let mut cluster = Cluster::start_with(rafka_tests::cluster::ClusterOptions {
+        nodes: 3,
+        env: vec![
+            ("RAFKA_SEGMENT_BYTES".into(), "16384".into()),
+            ("RAFKA_RETENTION_CHECK_INTERVAL_MS".into(), "300".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let b = cluster.bootstrap();
+    cluster.create_topic("snap", 1).await;
+    produce(&b, "snap", (0..10).map(|i| format!("s{i}"))).await;
+    let conn = coordinator_conn(&b, "compact").await;
+    let t = Duration::from_secs(10);
+    // Commits from outside the group (it has no members): each is one record.
+    let commit = |offset: u64| OffsetCommitRequest {
+        group_id: "compact".into(),
+        member_id: String::new(),
+        member_epoch: -1,
+        topics: vec![OffsetCommitTopic {
+            name: "snap".into(),
+            partitions: vec![OffsetCommitPartition {
+                partition: 0,
+                offset,
+                metadata: "x".repeat(200),
+            }],
+        }],
+    };
+    let admin = Admin::new(ClientConfig::new(b.clone())).expect("admin");
+    let mut last = 0;
+    let start = wait_until(SETTLE, "the offsets log start to move", async || {
+        for _ in 0..50 {
+            last = last % 9 + 1;
+            let r = conn
+                .send(commit(last), t)
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.error_code != 0 {
+                return Err(format!("commit: {}", r.error_message));
+            }
+        }
+        let topic = admin
+            .describe_topic(rafka_protocol::api::OFFSETS_TOPIC)
+            .await
+            .map_err(|e| e.to_string())?;
+        let moved: Vec<u64> = topic
+            .partitions
+            .iter()
+            .map(|p| p.log_start_offset.0)
+            .filter(|s| *s > 0)
+            .collect();
+        if moved.is_empty() {
+            Err("every offsets partition still starts at 0".into())
+        } else {
+            Ok(moved)
+        }
+    })
+    .await;
+    eprintln!("offsets log start moved to {start:?}; last committed {last}");
+    // A new coordinator rebuilt from the cut log still has the latest commit.
+    let old = admin
+        .find_coordinator("compact")
+        .await
+        .expect("coordinator");
+    cluster.kill(old.node_id.0);
+    let survivors = cluster.bootstrap_of(
+        &cluster
+            .ids()
+            .into_iter()
+            .filter(|i| *i != old.node_id.0)
+            .collect::<Vec<_>>(),
+    );
+    let admin = Admin::new(ClientConfig::new(survivors)).expect("admin");
+    let tp = TopicPartition::new("snap", 0);
+    let after = wait_until(SETTLE, "the new coordinator's offsets", async || {
+        let c = admin
+            .find_coordinator("compact")
+            .await
+            .map_err(|e| e.to_string())?;
+        if c.node_id == old.node_id {
+            return Err("still the old coordinator".into());
+        }
+        admin
+            .committed_offsets("compact", std::slice::from_ref(&tp))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(after[&tp], Some(Offset(last)));
+}

@@ -5,9 +5,10 @@
 //! broker leads. A shard holds the groups of its partition in memory and persists every
 //! change as a record in the partition before answering, so the state is exactly as durable as
 //! a produced record (acks=all). When leadership moves, the new leader's shard writes a
-//! barrier record, then replays the partition from its log start (a snapshot record, written
-//! every [`GroupConfig::snapshot_every_records`] records, replaces everything before it and
-//! lets retention drop what came before).
+//! barrier record, then replays the partition from its log start. A snapshot record replaces
+//! everything before it; one is written once the records since the last reach half a segment
+//! (or twice the last snapshot's size, whichever is more), and retention then deletes the
+//! segments wholly before it on every replica, so replay stays short.
 //!
 //! - [`assignor`]: range, round-robin and sticky assignment (pure functions).
 //! - [`state`]: one group: membership, reconciliation, commit rules (pure, unit-tested).
@@ -39,6 +40,9 @@ use assignor::Tp;
 use records::CoordRecord;
 use state::{Answer, Committed, Group, GroupError, Heartbeat, Limits};
 
+/// Segment size of `__consumer_offsets` (at most; see `ensure_offsets_topic`).
+const OFFSETS_SEGMENT_BYTES_MAX: u64 = 16 << 20;
+
 /// Longest accepted group id.
 pub const GROUP_ID_BYTES_MAX: usize = 255;
 
@@ -56,8 +60,6 @@ pub struct GroupConfig {
     /// How often a member that is still reconciling heartbeats.
     pub reconcile_interval_ms: u32,
     pub members_per_group_max: usize,
-    /// A snapshot record is written after this many records.
-    pub snapshot_every_records: u64,
     /// How long one write to the offsets log may take before its outcome is unknown.
     pub write_timeout: Duration,
 }
@@ -72,7 +74,6 @@ impl Default for GroupConfig {
             heartbeat_interval_ms: 1_000,
             reconcile_interval_ms: 100,
             members_per_group_max: 1_000,
-            snapshot_every_records: 1_000,
             write_timeout: Duration::from_secs(10),
         }
     }
@@ -145,7 +146,10 @@ pub struct Shard {
 #[derive(Default)]
 struct ShardState {
     groups: BTreeMap<String, Group>,
-    records_since_snapshot: u64,
+    /// Bytes of records written (or replayed) since the last snapshot, and that snapshot's
+    /// size.
+    bytes_since_snapshot: u64,
+    last_snapshot_bytes: u64,
 }
 
 impl Shard {
@@ -164,12 +168,16 @@ impl Shard {
         if records.is_empty() {
             return Ok(());
         }
-        st.records_since_snapshot += records.len() as u64;
-        if st.records_since_snapshot >= config.snapshot_every_records {
+        let mut batch = records::encode(&records);
+        st.bytes_since_snapshot += batch.len() as u64;
+        let segment_bytes = self.partition.log.config().segment_bytes;
+        if st.bytes_since_snapshot >= (segment_bytes / 2).max(2 * st.last_snapshot_bytes) {
+            // `groups` already holds this change, so the snapshot covers it too.
             records.push(records::snapshot(&st.groups));
-            st.records_since_snapshot = 0;
+            batch = records::encode(&records);
+            st.last_snapshot_bytes = batch.len() as u64;
+            st.bytes_since_snapshot = 0;
         }
-        let batch = records::encode(&records);
         match self
             .partition
             .append(batch, acks::ALL, config.write_timeout)
@@ -211,12 +219,13 @@ impl Shard {
             let mut groups = BTreeMap::new();
             let hw = part.high_watermark();
             let mut at = part.log.log_start_offset();
-            let mut count = 0u64;
+            let (mut count, mut bytes) = (0u64, 0u64);
             while at < hw {
                 let read = part.log.read(at, 1 << 20, Some(hw))?;
                 if read.next_offset <= at {
                     break;
                 }
+                bytes += read.batches.len() as u64;
                 let recs = records::decode(read.batches).map_err(|reason| Error::Corrupt {
                     path: part.log.dir().to_path_buf(),
                     position: at.0,
@@ -228,17 +237,17 @@ impl Shard {
                 }
                 at = read.next_offset;
             }
-            Ok((groups, count))
+            Ok((groups, count, bytes))
         })
         .await;
         match replay {
-            Ok((groups, count)) => {
+            Ok((groups, count, bytes)) => {
                 let now = Instant::now();
                 st.groups = groups;
                 for g in st.groups.values_mut() {
                     g.start_sessions(now);
                 }
-                st.records_since_snapshot = count;
+                st.bytes_since_snapshot = bytes;
                 self.loaded.store(true, Ordering::Release);
                 tracing::info!(
                     partition = self.index,
@@ -321,7 +330,12 @@ impl Coordinator {
         let configs: BTreeMap<String, String> = [
             ("retention.ms".to_string(), "-1".to_string()),
             ("retention.bytes".to_string(), "-1".to_string()),
-            ("segment.bytes".to_string(), (16u64 << 20).to_string()),
+            // Small segments let snapshots retire old records soon; never above the
+            // broker's default (tests shrink that to see compaction happen).
+            (
+                "segment.bytes".to_string(),
+                (OFFSETS_SEGMENT_BYTES_MAX.min(self.cluster.defaults().segment_bytes)).to_string(),
+            ),
         ]
         .into();
         let created = self

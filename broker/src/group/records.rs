@@ -6,11 +6,16 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use rafka_protocol::{BatchBuilder, BatchIter, BatchOptions, Timestamp};
+use rafka_protocol::{BatchBuilder, BatchIter, BatchOptions, Offset, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::assignor::Tp;
 use super::state::{Committed, Group, GroupMeta};
+use crate::log::Log;
+
+/// The key of snapshot records (group ids are keys of the others; a group may be called
+/// "snapshot" too, so the key only narrows the search and the value decides).
+pub const SNAPSHOT_KEY: &str = "snapshot";
 
 /// One coordinator record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,7 +50,7 @@ impl CoordRecord {
             CoordRecord::Offsets { group, .. }
             | CoordRecord::Group { group, .. }
             | CoordRecord::Removed { group } => group,
-            CoordRecord::Snapshot { .. } => "snapshot",
+            CoordRecord::Snapshot { .. } => SNAPSHOT_KEY,
             CoordRecord::Barrier { .. } => "barrier",
         }
     }
@@ -81,6 +86,54 @@ pub fn decode(batches: Bytes) -> Result<Vec<CoordRecord>, String> {
         }
     }
     Ok(out)
+}
+
+/// Where a partition of `__consumer_offsets` may be cut: the base of the segment that holds
+/// its latest snapshot record below `high_watermark` (everything before a snapshot is
+/// replaced by it, so whole segments before that one are dead), or `None` when nothing can
+/// go. Reads the committed part of the log, which snapshots keep short.
+pub fn snapshot_cut(log: &Log, high_watermark: Offset) -> crate::Result<Option<Offset>> {
+    let mut at = log.log_start_offset();
+    let mut latest = None;
+    while at < high_watermark {
+        let read = log.read(at, 1 << 20, Some(high_watermark))?;
+        if read.next_offset <= at {
+            break;
+        }
+        for batch in BatchIter::new(read.batches) {
+            let Ok(batch) = batch else { break };
+            if batch.header().attributes.is_control() {
+                continue;
+            }
+            for rec in batch.records().flatten() {
+                if rec.key.as_deref() == Some(SNAPSHOT_KEY.as_bytes())
+                    && is_snapshot(rec.value.as_deref().unwrap_or_default())
+                {
+                    latest = Some(rec.offset);
+                }
+            }
+        }
+        at = read.next_offset;
+    }
+    let Some(snapshot) = latest else {
+        return Ok(None);
+    };
+    let base = log
+        .segment_bases()
+        .into_iter()
+        .filter(|b| *b <= snapshot)
+        .max();
+    Ok(base.filter(|b| *b > log.log_start_offset()))
+}
+
+/// Whether a record value is a snapshot record (reads only its type tag).
+fn is_snapshot(value: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Tag {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_slice::<Tag>(value).is_ok_and(|t| t.kind == "snapshot")
 }
 
 /// Applies one record to the groups of a partition.
