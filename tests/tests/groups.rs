@@ -463,6 +463,40 @@ async fn a_new_coordinator_serves_the_group_with_its_committed_offsets() {
         .find_coordinator("billing")
         .await
         .expect("coordinator");
+    // The coordinator exports the group's committed offsets and lag (everything consumed: 0),
+    // and counted the group's rebalance when the consumer joined.
+    let tp0 = TopicPartition::new("orders", 0);
+    let committed0 = before[&tp0].expect("committed").0 as f64;
+    let labels = [
+        ("group", "billing"),
+        ("topic", "orders"),
+        ("partition", "0"),
+    ];
+    wait_until(SETTLE, "the group metrics", async || {
+        let id = old.node_id.0;
+        let offset = cluster
+            .metric(id, "rafka_group_committed_offset", &labels)
+            .await;
+        let lag = cluster.metric(id, "rafka_group_lag_records", &labels).await;
+        let rebalances = cluster
+            .metric(id, "rafka_group_rebalances_total", &[])
+            .await;
+        let durations = cluster
+            .metric(id, "rafka_group_rebalance_seconds_count", &[])
+            .await;
+        if offset == Some(committed0)
+            && lag == Some(0.0)
+            && rebalances.is_some_and(|r| r >= 1.0)
+            && durations.is_some_and(|d| d >= 1.0)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "offset {offset:?} lag {lag:?} rebalances {rebalances:?} durations {durations:?}"
+            ))
+        }
+    })
+    .await;
     eprintln!("coordinator is broker {}; killing it", old.node_id.0);
     cluster.kill(old.node_id.0);
     let survivors = cluster.bootstrap_of(

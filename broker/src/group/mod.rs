@@ -788,6 +788,9 @@ impl Coordinator {
             let mut forget = Vec::new();
             for (id, g) in st.groups.iter_mut() {
                 let expired = g.expired(now);
+                if !expired.is_empty() && g.is_stable() {
+                    metrics::counter!("rafka_group_rebalances_total").increment(1);
+                }
                 for m in &expired {
                     tracing::info!(group = %id, member = %m, "member session expired");
                     metrics::counter!("rafka_group_sessions_expired_total").increment(1);
