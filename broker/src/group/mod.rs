@@ -62,6 +62,10 @@ pub struct GroupConfig {
     pub members_per_group_max: usize,
     /// How long one write to the offsets log may take before its outcome is unknown.
     pub write_timeout: Duration,
+    /// A member asked to revoke partitions that still owns them after this long is evicted
+    /// (the default matches the client's default `max_poll_interval_ms`: a member that polls
+    /// revokes within it).
+    pub revocation_timeout: Duration,
 }
 
 impl Default for GroupConfig {
@@ -75,6 +79,7 @@ impl Default for GroupConfig {
             reconcile_interval_ms: 100,
             members_per_group_max: 1_000,
             write_timeout: Duration::from_secs(10),
+            revocation_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -779,15 +784,15 @@ impl Coordinator {
             if !s.usable() || !s.loaded.load(Ordering::Acquire) {
                 continue;
             }
-            // Skip a busy shard: expiry can wait for the next tick.
-            let Ok(mut st) = s.state.try_lock() else {
+            let mut st = s.state.lock().await;
+            if !s.usable() {
                 continue;
-            };
+            }
             let sizes = self.topic_size();
             let mut records = Vec::new();
             let mut forget = Vec::new();
             for (id, g) in st.groups.iter_mut() {
-                let expired = g.expired(now);
+                let expired = g.expired(now, self.config.revocation_timeout);
                 if !expired.is_empty() && g.is_stable() {
                     metrics::counter!("rafka_group_rebalances_total").increment(1);
                 }

@@ -90,6 +90,9 @@ pub struct Group {
     pub offsets: BTreeMap<Tp, Committed>,
     /// Session deadlines, by member id.
     pub deadlines: BTreeMap<String, Instant>,
+    /// When each member still revoking partitions was asked to: one that holds on to them
+    /// past the revocation timeout is evicted, so a stuck member cannot stall the group.
+    pub revoking_since: BTreeMap<String, Instant>,
     /// When the group epoch last moved while stable (for the rebalance-duration metric).
     pub rebalance_started: Option<Instant>,
 }
@@ -246,6 +249,9 @@ impl Group {
             let before = m.revoking.len();
             m.revoking.retain(|tp| hb.owned.contains(tp));
             changed |= m.revoking.len() != before;
+            if m.revoking.is_empty() {
+                self.revoking_since.remove(&id);
+            }
         }
         changed |= self.refresh_target(topics, now);
         changed |= self.reconcile(&id);
@@ -302,6 +308,9 @@ impl Group {
                     self.meta.target.insert(id.clone(), t);
                 }
                 self.deadlines.remove(&old);
+                if let Some(since) = self.revoking_since.remove(&old) {
+                    self.revoking_since.insert(id.clone(), since);
+                }
                 return Ok(id);
             }
         }
@@ -309,6 +318,7 @@ impl Group {
         if let Some(m) = self.meta.members.get_mut(&hb.member_id) {
             m.assigned.clear();
             m.revoking.clear();
+            self.revoking_since.remove(&hb.member_id);
             m.previous_epoch = m.epoch;
             m.epoch = 0;
             return Ok(hb.member_id.clone());
@@ -349,21 +359,32 @@ impl Group {
         if self.meta.members.remove(id).is_some() {
             self.meta.target.remove(id);
             self.deadlines.remove(id);
+            self.revoking_since.remove(id);
             self.meta.epoch += 1;
             self.rebalance_started.get_or_insert(now);
         }
     }
 
-    /// Members whose session ended at `now`.
-    pub fn expired(&self, now: Instant) -> Vec<String> {
-        self.deadlines
+    /// Members whose session ended at `now`, or that have held partitions they were asked to
+    /// revoke for longer than `revocation_timeout`.
+    pub fn expired(&self, now: Instant, revocation_timeout: Duration) -> Vec<String> {
+        let mut out: BTreeSet<String> = self
+            .deadlines
             .iter()
             .filter(|(_, d)| **d <= now)
             .map(|(m, _)| m.clone())
-            .collect()
+            .collect();
+        out.extend(
+            self.revoking_since
+                .iter()
+                .filter(|(_, since)| now.saturating_duration_since(**since) >= revocation_timeout)
+                .map(|(m, _)| m.clone()),
+        );
+        out.into_iter().collect()
     }
 
-    /// Gives every member a fresh session (after a coordinator failover).
+    /// Gives every member a fresh session and revocation deadline (after a coordinator
+    /// failover).
     pub fn start_sessions(&mut self, now: Instant) {
         self.deadlines = self
             .meta
@@ -375,6 +396,13 @@ impl Group {
                     now + Duration::from_millis(u64::from(m.session_timeout_ms)),
                 )
             })
+            .collect();
+        self.revoking_since = self
+            .meta
+            .members
+            .values()
+            .filter(|m| !m.revoking.is_empty())
+            .map(|m| (m.id.clone(), now))
             .collect();
     }
 
@@ -456,6 +484,7 @@ impl Group {
                 m.assigned.remove(tp);
             }
             m.revoking = to_revoke;
+            self.revoking_since.insert(id.to_string(), Instant::now());
             return true;
         }
         let mut changed = false;
@@ -697,6 +726,24 @@ mod tests {
             w.beat(hb(&a.member_id, owned[&a.member_id].0, &[])),
             Err(GroupError::UnknownMember(_))
         ));
+    }
+
+    #[test]
+    fn a_member_that_never_revokes_is_evicted_after_the_revocation_timeout() {
+        let mut w = World::new();
+        let a = w.beat(hb("", 0, &[])).unwrap();
+        let b = w.beat(hb("", 0, &[])).unwrap();
+        let r = w
+            .beat(hb(&a.member_id, a.member_epoch, &[0, 1, 2, 3, 4, 5]))
+            .unwrap();
+        assert_eq!(r.assignment.len(), 3);
+        // Shorter than the 10 s session, so only the revocation deadline can fire.
+        let timeout = Duration::from_secs(5);
+        assert!(w.group.expired(w.now, timeout).is_empty());
+        // `a` keeps reporting all six as owned: it never finishes revoking.
+        let later = Instant::now() + timeout;
+        assert_eq!(w.group.expired(later, timeout), vec![a.member_id.clone()]);
+        let _ = b;
     }
 
     #[test]
