@@ -6,9 +6,11 @@
 //!   ([`pair`]), counting outcomes, the [`Report`] and the generic anomaly bookkeeping
 //!   ([`Findings`], [`AnomalyKind`]).
 //! - [`queue`]: the checks of the `queue` workload (sends and polls of unique values).
+//! - [`group`]: the checks of the `group` workload (a consumer group's deliveries, commits
+//!   and assignments); its sends and final read go through [`queue`]'s checks as well.
 //! - [`synthetic`]: a builder of histories, for the checker's and the plots' own tests.
 //!
-//! A workload added later (`group`, `txn`) brings one module like [`queue`]: it declares its
+//! A workload added later (`txn`) brings one module like [`queue`]: it declares its
 //! [`AnomalyKind`]s, records what it finds into the shared [`Findings`], and [`check`] runs it
 //! when the history holds its operations. The report then gains its counts without changes
 //! here, apart from a variant of [`Anomaly`] for its details.
@@ -17,6 +19,7 @@
 //! may or may not have (STYLE 10: ambiguous outcomes are not failures), so an `info` send is
 //! never "lost", and reading it back is no anomaly either.
 
+pub mod group;
 pub mod queue;
 pub mod synthetic;
 
@@ -41,7 +44,12 @@ pub fn check(ops: &[Op]) -> Report {
     }
 
     let mut workloads = Vec::new();
-    if ops
+    if ops.iter().any(|op| group::is_group_op(&op.payload)) {
+        // The group workload's sends and final read are checked as the queue's are.
+        workloads.push("group".to_string());
+        queue::check(ops, &mut findings);
+        group::check(ops, &pairing, &mut findings);
+    } else if ops
         .iter()
         .any(|op| matches!(op.payload, Payload::Send(_) | Payload::Poll(_)))
     {
@@ -124,6 +132,7 @@ pub static MALFORMED_HISTORY: AnomalyKind = AnomalyKind {
 pub enum Anomaly {
     History(HistoryAnomaly),
     Queue(queue::QueueAnomaly),
+    Group(group::GroupAnomaly),
 }
 
 impl fmt::Display for Anomaly {
@@ -131,6 +140,7 @@ impl fmt::Display for Anomaly {
         match self {
             Anomaly::History(a) => a.fmt(f),
             Anomaly::Queue(a) => a.fmt(f),
+            Anomaly::Group(a) => a.fmt(f),
         }
     }
 }
@@ -367,6 +377,12 @@ pub fn function_name(payload: &Payload) -> &'static str {
         Payload::Poll(_) => "poll",
         Payload::FinalRead(_) => "final_read",
         Payload::Nemesis(_) => "nemesis",
+        Payload::GroupPoll(_) => "group_poll",
+        Payload::GroupFinalRead(_) => "group_final_read",
+        Payload::Commit(_) => "commit",
+        Payload::Leave(_) => "leave",
+        Payload::Crash(_) => "crash",
+        Payload::FetchCommitted(_) => "fetch_committed",
     }
 }
 

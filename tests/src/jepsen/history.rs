@@ -9,6 +9,7 @@
 //! A line looks like
 //! `{"index":7,"time_ns":1200345,"process":3,"type":"ok","f":"send","value":{"partition":1,"value":"3-17","offset":42,"idempotent":false}}`.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
 use std::path::Path;
 
@@ -80,6 +81,91 @@ pub enum NemesisPhase {
     Stop,
 }
 
+/// A change of a group member's partitions, as its rebalance listener reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// The member owns these partitions from now on (`on_partitions_assigned`).
+    Assigned,
+    /// The member gives them up in a rebalance, before it reports them free
+    /// (`on_partitions_revoked`).
+    Revoked,
+    /// They were taken away without a chance to commit: the member was fenced or its session
+    /// ended (`on_partitions_lost`).
+    Lost,
+}
+
+/// One call of a member's rebalance listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebalance {
+    pub change: Change,
+    pub partitions: Vec<u32>,
+}
+
+/// A poll of a consumer-group member (the `group` workload), or of the final group reader.
+///
+/// The listener's callbacks run inside `poll`, so the partitions the group moved during a poll
+/// are part of its completion, in the order the listener was called, whatever the outcome: a
+/// poll that fails returns no records, but the reconciliation it did stays done. The moves
+/// therefore happened between the poll's invocation and its completion, which is all the
+/// checker assumes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPollValue {
+    /// `(partition, offset, value)` of every record returned, in the order returned; empty on
+    /// invocations and on `fail`/`info` completions.
+    #[serde(default)]
+    pub records: Vec<(u32, u64, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebalance: Vec<Rebalance>,
+    /// The member epoch after the poll, on completions that moved partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_epoch: Option<i32>,
+}
+
+/// An offset commit of a group member: per partition, the next offset to consume (one past the
+/// last record processed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitValue {
+    #[serde(with = "pairs")]
+    pub offsets: BTreeMap<u32, u64>,
+    /// The member epoch when the commit was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_epoch: Option<i32>,
+}
+
+/// A member leaving the group: `leave` (a graceful `close`, which reports what it owned as
+/// revoked, or as lost when it was not a member any more) or `crash` (dropped without leaving:
+/// its session has to time out; nothing is reported).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipValue {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebalance: Vec<Rebalance>,
+}
+
+/// The group's committed offsets, looked up from outside the group before the final group
+/// read; partitions without a committed offset are absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedValue {
+    #[serde(default, with = "pairs")]
+    pub committed: BTreeMap<u32, u64>,
+}
+
+/// Partition → offset maps as a list of `[partition, offset]` pairs: an `Op`'s payload is
+/// flattened into it, and serde reads a flattened map's keys back only as strings.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<u32, u64>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, u64>, D::Error> {
+        Ok(Vec::<(u32, u64)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
 /// What an operation does, with its value. Serialised as `"f": ..., "value": {...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "f", content = "value", rename_all = "snake_case")]
@@ -88,6 +174,15 @@ pub enum Payload {
     Poll(ReadValue),
     FinalRead(ReadValue),
     Nemesis(NemesisValue),
+    /// A group member's poll (the `group` workload).
+    GroupPoll(GroupPollValue),
+    /// A poll of the fresh member that reads from the committed offsets to the end after the
+    /// run.
+    GroupFinalRead(GroupPollValue),
+    Commit(CommitValue),
+    Leave(MembershipValue),
+    Crash(MembershipValue),
+    FetchCommitted(CommittedValue),
 }
 
 /// One line of the history.

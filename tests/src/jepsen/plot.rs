@@ -109,7 +109,7 @@ pub fn latency_png(ops: &[Op], path: &Path) -> Result<(), String> {
                     .iter()
                     .map(|&p| Circle::new(p, 2, colour.mix(0.6).filled())),
             ),
-            "poll" => chart.draw_series(
+            "poll" | "group_poll" => chart.draw_series(
                 points
                     .iter()
                     .map(|&p| TriangleMarker::new(p, 3, colour.mix(0.6).filled())),
@@ -126,7 +126,9 @@ pub fn latency_png(ops: &[Op], path: &Path) -> Result<(), String> {
             move |(x, y)| -> DynElement<'static, BitMapBackend, (i32, i32)> {
                 match f {
                     "send" => Circle::new((x + 8, y), 4, colour.filled()).into_dyn(),
-                    "poll" => TriangleMarker::new((x + 8, y), 5, colour.filled()).into_dyn(),
+                    "poll" | "group_poll" => {
+                        TriangleMarker::new((x + 8, y), 5, colour.filled()).into_dyn()
+                    }
                     _ => Cross::new((x + 8, y), 4, colour.stroke_width(2)).into_dyn(),
                 }
             },

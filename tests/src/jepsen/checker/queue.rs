@@ -14,6 +14,13 @@
 //! - Duplicates are invalid for idempotent producers only; see [`DUPLICATED_NON_IDEMPOTENT`].
 //! - A partition whose final read is missing is not checked for lost writes but is itself an
 //!   anomaly, so a broken workload cannot pass by never reading back.
+//!
+//! The `group` workload sends and reads back the same way, so these checks run on its history
+//! too: its members' polls ([`ReadKind::GroupPoll`]) count as reads for lost, unexpected and
+//! inconsistent values, but not for the per-consumer order checks (`non_monotonic_polls`,
+//! `skipped`): a group member legitimately goes back to a committed offset or jumps ahead to
+//! one when the group moves a partition. Those two kinds are only declared when the history
+//! has `poll`s.
 
 mod anomaly;
 
@@ -125,6 +132,9 @@ static KINDS: [&AnomalyKind; 10] = [
     &FINAL_READ_MISSING,
 ];
 
+/// The kinds that judge `poll`s alone (per-consumer order), not group polls.
+static POLL_ONLY_KINDS: [&AnomalyKind; 2] = [&NON_MONOTONIC_POLLS, &SKIPPED];
+
 /// A send as the history recorded it.
 #[derive(Debug)]
 struct Send {
@@ -228,8 +238,11 @@ struct Collected {
 
 /// Runs the queue checks over a history and records what they find.
 pub fn check(ops: &[Op], findings: &mut Findings) {
+    let has_polls = ops.iter().any(|op| matches!(op.payload, Payload::Poll(_)));
     for kind in KINDS {
-        findings.declare(kind);
+        if has_polls || !POLL_ONLY_KINDS.iter().any(|k| k.name == kind.name) {
+            findings.declare(kind);
+        }
     }
     let mut c = Collected::default();
     for op in ops {
@@ -240,6 +253,17 @@ pub fn check(ops: &[Op], findings: &mut Findings) {
             Payload::Send(send) => c.send(op, send, findings),
             Payload::Poll(read) if op.kind == OpType::Ok => c.poll(op, read, findings),
             Payload::FinalRead(read) if op.kind == OpType::Ok => c.final_read(op, read),
+            Payload::GroupPoll(read) | Payload::GroupFinalRead(read) if op.kind == OpType::Ok => {
+                let reader = Reader {
+                    f: ReadKind::GroupPoll,
+                    process: op.process,
+                    op_index: op.index,
+                };
+                for (partition, offset, text) in &read.records {
+                    let id = c.values.id(text);
+                    c.observe(*partition, *offset, id, reader);
+                }
+            }
             _ => {}
         }
     }
@@ -481,7 +505,7 @@ impl Collected {
             let polled = (send.outcome != Some(OpType::Fail))
                 .then(|| {
                     value.positions.iter().find(|p| {
-                        p.partition == send.partition && p.first_read_by.f == ReadKind::Poll
+                        p.partition == send.partition && p.first_read_by.f != ReadKind::FinalRead
                     })
                 })
                 .flatten();

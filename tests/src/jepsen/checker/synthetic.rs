@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 use crate::jepsen::history::{
-    NemesisPhase, NemesisValue, Op, OpType, Payload, ReadValue, SendValue, NEMESIS_PROCESS,
+    Change, CommitValue, CommittedValue, GroupPollValue, MembershipValue, NemesisPhase,
+    NemesisValue, Op, OpType, Payload, ReadValue, Rebalance, SendValue, NEMESIS_PROCESS,
 };
 
 /// Whether a send came from an idempotent producer (the `idempotent` flag of the history).
@@ -176,6 +177,99 @@ impl HistoryBuilder {
             Payload::FinalRead(Self::read(partition, from, &[])),
             OpType::Ok,
             Payload::FinalRead(Self::read(partition, from, records)),
+        );
+    }
+
+    fn rebalance(changes: &[(Change, &[u32])]) -> Vec<Rebalance> {
+        changes
+            .iter()
+            .map(|(change, partitions)| Rebalance {
+                change: *change,
+                partitions: partitions.to_vec(),
+            })
+            .collect()
+    }
+
+    /// A group member's poll returning `records` (`(partition, offset, value)`) while its
+    /// listener was told `changes`, in order.
+    pub fn group_poll(
+        &mut self,
+        process: i64,
+        records: &[(u32, u64, &str)],
+        changes: &[(Change, &[u32])],
+    ) {
+        self.group_read(process, Payload::GroupPoll, records, changes);
+    }
+
+    /// A poll of the final group reader.
+    pub fn group_final_read(
+        &mut self,
+        process: i64,
+        records: &[(u32, u64, &str)],
+        changes: &[(Change, &[u32])],
+    ) {
+        self.group_read(process, Payload::GroupFinalRead, records, changes);
+    }
+
+    fn group_read(
+        &mut self,
+        process: i64,
+        wrap: fn(GroupPollValue) -> Payload,
+        records: &[(u32, u64, &str)],
+        changes: &[(Change, &[u32])],
+    ) {
+        let done = GroupPollValue {
+            records: records
+                .iter()
+                .map(|(p, o, v)| (*p, *o, v.to_string()))
+                .collect(),
+            rebalance: Self::rebalance(changes),
+            member_epoch: (!changes.is_empty()).then_some(1),
+        };
+        self.operation(
+            process,
+            wrap(GroupPollValue::default()),
+            OpType::Ok,
+            wrap(done),
+        );
+    }
+
+    /// A commit of `(partition, next offset)` pairs completed `kind`.
+    pub fn commit(&mut self, process: i64, kind: OpType, offsets: &[(u32, u64)]) {
+        let value = Payload::Commit(CommitValue {
+            offsets: offsets.iter().copied().collect(),
+            member_epoch: Some(1),
+        });
+        self.operation(process, value.clone(), kind, value);
+    }
+
+    /// A graceful close whose listener was told `changes`.
+    pub fn leave(&mut self, process: i64, changes: &[(Change, &[u32])]) {
+        self.operation(
+            process,
+            Payload::Leave(MembershipValue::default()),
+            OpType::Ok,
+            Payload::Leave(MembershipValue {
+                rebalance: Self::rebalance(changes),
+            }),
+        );
+    }
+
+    /// A member dropped without leaving.
+    pub fn crash(&mut self, process: i64) {
+        let value = Payload::Crash(MembershipValue::default());
+        self.operation(process, value.clone(), OpType::Ok, value);
+    }
+
+    /// The committed offsets looked up before the final group read.
+    pub fn fetch_committed(&mut self, process: i64, committed: &[(u32, u64)]) {
+        self.operation(
+            process,
+            Payload::FetchCommitted(CommittedValue::default()),
+            OpType::Ok,
+            Payload::FetchCommitted(CommittedValue {
+                committed: committed.iter().copied().collect(),
+            }),
         );
     }
 

@@ -13,6 +13,9 @@ use crate::jepsen::history::OpType;
 pub enum ReadKind {
     Poll,
     FinalRead,
+    /// A poll of a consumer-group member, or of the final group reader (the `group`
+    /// workload).
+    GroupPoll,
 }
 
 /// The read operation (its completion) that returned a record.
@@ -28,6 +31,7 @@ impl fmt::Display for Reader {
         let what = match self.f {
             ReadKind::Poll => "poll",
             ReadKind::FinalRead => "final read",
+            ReadKind::GroupPoll => "group poll",
         };
         write!(f, "{what} op {} of process {}", self.op_index, self.process)
     }
