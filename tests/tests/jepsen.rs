@@ -1,7 +1,8 @@
-//! The fault suite in CI: a short `rafka-jepsen` run of the queue workload under each nemesis
-//! on a local three-broker cluster, through the real command line. Each test fails when the
-//! run is invalid (an anomaly, or a broker that would not come back) and prints the summary;
-//! the history, report, plots and broker logs stay in `target/jepsen-ci/<nemesis>/`.
+//! The fault suite in CI: a short `rafka-jepsen` run of the queue workload under each nemesis,
+//! and of the group workload under `all`, on a local three-broker cluster, through the real
+//! command line. Each test fails when the run is invalid (an anomaly, or a broker that would
+//! not come back) and prints the summary; the history, report, plots and broker logs stay in
+//! `target/jepsen-ci/<nemesis>/` (`target/jepsen-ci/group-<nemesis>/` for the group runs).
 //!
 //! `RAFKA_JEPSEN_TIME_LIMIT` (seconds, default 40) lengthens the runs; `RAFKA_TEST_SEED`
 //! replays one.
@@ -11,29 +12,39 @@ use std::process::Command;
 
 use rafka_tests::harness::{die_with_parent, seed};
 
-fn out_dir(nemesis: &str) -> PathBuf {
+fn out_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
         .join("target")
         .join("jepsen-ci")
-        .join(nemesis)
+        .join(name)
 }
 
 fn run_suite(nemesis: &str) {
+    run_workload("queue", nemesis);
+}
+
+/// Runs `workload` under `nemesis`, asserts the run valid and its plots drawn; returns the
+/// report.
+fn run_workload(workload: &str, nemesis: &str) -> serde_json::Value {
     // Power losses only lose something when writes are in flight at that instant: more load.
     let rate = if nemesis == "lose-unsynced" {
         "200"
     } else {
         "60"
     };
-    let seed = seed(&format!("jepsen {nemesis}"));
+    let seed = seed(&format!("jepsen {workload} {nemesis}"));
     let time_limit = std::env::var("RAFKA_JEPSEN_TIME_LIMIT").unwrap_or_else(|_| "40".into());
-    let out = out_dir(nemesis);
+    let out = if workload == "queue" {
+        out_dir(nemesis)
+    } else {
+        out_dir(&format!("{workload}-{nemesis}"))
+    };
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rafka-jepsen"));
     die_with_parent(&mut cmd);
     let status = cmd
-        .args(["--workload", "queue", "--nemesis", nemesis])
+        .args(["--workload", workload, "--nemesis", nemesis])
         .args(["--time-limit", &time_limit, "--rate", rate])
         .args(["--cluster", "local", "--seed", &seed.to_string()])
         .arg("--out")
@@ -43,16 +54,21 @@ fn run_suite(nemesis: &str) {
     let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default();
     assert!(
         status.success(),
-        "rafka-jepsen --nemesis {nemesis} exited with {status} (seed {seed}); output in {}\n{summary}",
+        "rafka-jepsen --workload {workload} --nemesis {nemesis} exited with {status} (seed \
+         {seed}); output in {}\n{summary}",
         out.display()
     );
-    if let Err(e) = rafka_tests::jepsen::expect_valid_run(&out, 100) {
-        panic!("rafka-jepsen --nemesis {nemesis} (seed {seed}): {e}");
-    }
+    let report = match rafka_tests::jepsen::expect_valid_run(&out, 100) {
+        Ok(report) => report,
+        Err(e) => {
+            panic!("rafka-jepsen --workload {workload} --nemesis {nemesis} (seed {seed}): {e}")
+        }
+    };
     for plot in ["latency.png", "rate.png"] {
         let meta = std::fs::metadata(out.join(plot));
         assert!(meta.is_ok_and(|m| m.len() > 1000), "{plot} not drawn");
     }
+    report
 }
 
 #[test]
@@ -78,4 +94,15 @@ fn queue_under_lose_unsynced() {
 #[test]
 fn queue_under_all() {
     run_suite("all");
+}
+
+#[test]
+fn group_under_all() {
+    let report = run_workload("group", "all");
+    // A group run proves something only if members consumed, committed and read back.
+    let ops = &report["operations"];
+    for (f, ok_min) in [("group_poll", 100), ("commit", 10), ("group_final_read", 1)] {
+        let ok = ops[f]["ok"].as_u64().unwrap_or(0);
+        assert!(ok >= ok_min, "only {ok} ok {f} operations: {report}");
+    }
 }

@@ -6,6 +6,8 @@
 //! checker can test per-producer order. A send that ends ambiguously (timeout, lost
 //! connection) is recorded `info` and the worker continues as a fresh process with a fresh
 //! producer, as Jepsen does: the old one may still deliver it.
+//!
+//! The `group` workload reuses the producers ([`produce`]) and the final read ([`final_read`]).
 
 use std::time::Duration;
 
@@ -28,9 +30,9 @@ const DELIVERY_TIMEOUT_MS: u64 = 10_000;
 /// Backstop over the delivery timeout: past it the send counts as indeterminate.
 const SEND_TIMEOUT: Duration = Duration::from_millis(DELIVERY_TIMEOUT_MS + 5_000);
 /// One poll's wait for records.
-const POLL_WAIT: Duration = Duration::from_millis(250);
+pub(super) const POLL_WAIT: Duration = Duration::from_millis(250);
 /// Backstop over one poll (a paused broker holds a fetch until the request timeout).
-const POLL_TIMEOUT: Duration = Duration::from_secs(8);
+pub(super) const POLL_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long the final read may take for one partition.
 const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -87,7 +89,7 @@ impl Workload for Queue {
         async move {
             let mut errors = Vec::new();
             for partition in 0..self.partitions {
-                if let Err(e) = final_read(self, env, partition).await {
+                if let Err(e) = final_read(&self.topic, env, partition).await {
                     errors.push(format!("partition {partition}: {e}"));
                 }
             }
@@ -127,7 +129,7 @@ fn consumer(env: &Env, process: i64, tp: &TopicPartition) -> Result<Consumer, Cl
 }
 
 /// One producer worker: sends at its share of the rate until told to stop.
-async fn produce(queue: Queue, env: Env, worker: usize) {
+pub(super) async fn produce(queue: Queue, env: Env, worker: usize) {
     let recorder = &env.recorder;
     let mut rng = StdRng::seed_from_u64(env.seed ^ (0x5eed_0000 + worker as u64));
     let per_worker = (env.rate_per_s / queue.producers as f64).max(0.1);
@@ -182,7 +184,7 @@ async fn produce(queue: Queue, env: Env, worker: usize) {
     }
 }
 
-fn records(batch: &[ConsumerRecord]) -> Vec<(u64, String)> {
+pub(super) fn records(batch: &[ConsumerRecord]) -> Vec<(u64, String)> {
     batch
         .iter()
         .map(|r| {
@@ -254,10 +256,11 @@ async fn consume(queue: Queue, env: Env, partition: u32) {
     }
 }
 
-/// Reads `partition` from offset 0 to its high watermark, as a fresh process.
-async fn final_read(queue: &Queue, env: &Env, partition: u32) -> Result<(), String> {
+/// Reads `partition` from offset 0 to its high watermark, as a fresh process; returns the end
+/// it reached (the high watermark).
+pub(super) async fn final_read(topic: &str, env: &Env, partition: u32) -> Result<u64, String> {
     let recorder = &env.recorder;
-    let tp = TopicPartition::new(queue.topic.clone(), partition);
+    let tp = TopicPartition::new(topic, partition);
     let process = recorder.new_process();
     let deadline = Instant::now() + FINAL_READ_TIMEOUT;
     let mut client = consumer(env, process, &tp).map_err(|e| e.to_string())?;
@@ -275,7 +278,7 @@ async fn final_read(queue: &Queue, env: &Env, partition: u32) -> Result<(), Stri
         if end.is_none_or(|target| position >= target) {
             // (Re)learn the end; once reached, done only when it has not moved.
             match high_watermark(&mut client, &tp, position).await {
-                Ok(hw) if end.is_some() && hw <= position => return Ok(()),
+                Ok(hw) if end.is_some() && hw <= position => return Ok(position),
                 Ok(hw) => {
                     end = Some(hw);
                     continue;
