@@ -8,6 +8,12 @@
 //!
 //! A line looks like
 //! `{"index":7,"time_ns":1200345,"process":3,"type":"ok","f":"send","value":{"partition":1,"value":"3-17","offset":42,"idempotent":false}}`.
+//!
+//! The `group` workload adds its members' lines: `group_poll` (records as
+//! `[partition, offset, value]`, and the partitions the group moved during the poll),
+//! `commit` (`[partition, offset]` pairs), `leave`, `crash`, and after the run
+//! `fetch_committed` and the final group reader's `group_final_read`, for example
+//! `{"index":9,"time_ns":1300000,"process":5,"type":"ok","f":"group_poll","value":{"records":[[2,41,"1-7"]],"rebalance":[{"change":"assigned","partitions":[2]}],"member_epoch":4}}`.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
@@ -259,5 +265,41 @@ mod tests {
             r#"{"index":7,"time_ns":1200345,"process":3,"type":"ok","f":"send","value":{"partition":1,"value":"3-17","offset":42,"idempotent":false}}"#
         );
         assert_eq!(serde_json::from_str::<Op>(&line).unwrap(), op);
+    }
+
+    #[test]
+    fn group_lines_round_trip_in_the_documented_shape() {
+        let poll = Op {
+            index: 9,
+            time_ns: 1_300_000,
+            process: 5,
+            kind: OpType::Ok,
+            payload: Payload::GroupPoll(GroupPollValue {
+                records: vec![(2, 41, "1-7".into())],
+                rebalance: vec![Rebalance {
+                    change: Change::Assigned,
+                    partitions: vec![2],
+                }],
+                member_epoch: Some(4),
+            }),
+            error: None,
+        };
+        let line = serde_json::to_string(&poll).unwrap();
+        assert_eq!(
+            line,
+            r#"{"index":9,"time_ns":1300000,"process":5,"type":"ok","f":"group_poll","value":{"records":[[2,41,"1-7"]],"rebalance":[{"change":"assigned","partitions":[2]}],"member_epoch":4}}"#
+        );
+        assert_eq!(serde_json::from_str::<Op>(&line).unwrap(), poll);
+        // Partition maps are pairs, which read back through the flattened payload.
+        let commit = Op {
+            payload: Payload::Commit(CommitValue {
+                offsets: [(0, 12), (3, 7)].into_iter().collect(),
+                member_epoch: None,
+            }),
+            ..poll
+        };
+        let line = serde_json::to_string(&commit).unwrap();
+        assert!(line.contains(r#""offsets":[[0,12],[3,7]]"#), "{line}");
+        assert_eq!(serde_json::from_str::<Op>(&line).unwrap(), commit);
     }
 }
