@@ -339,7 +339,7 @@ impl Report {
         for (f, c) in &self.operations {
             let _ = writeln!(
                 s,
-                "  {f:<11} invoked {}, ok {}, fail {}, info {}, open {}",
+                "  {f:<16} invoked {}, ok {}, fail {}, info {}, open {}",
                 c.invoke, c.ok, c.fail, c.info, c.open
             );
         }
