@@ -87,9 +87,10 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> CliResult {
     print_records(&mut consumer, &args).await
 }
 
-/// Prints records until `--max-messages`, `--idle-timeout-ms` or SIGINT. When it stops in the
-/// middle of a batch, each partition with unprinted records is sought back to the first one,
-/// so the consumer's positions (which a group commits on close) match what was printed.
+/// Prints records until `--max-messages`, `--idle-timeout-ms`, SIGINT or a failed write. When
+/// it stops in the middle of a batch, each partition with unprinted records (the one whose
+/// write failed included) is sought back to the first one, so the consumer's positions (which
+/// a group commits on close) match what was printed.
 async fn print_records(consumer: &mut Consumer, args: &ConsumeArgs) -> CliResult {
     if args.max_messages == Some(0) {
         return Ok(());
@@ -120,26 +121,26 @@ async fn print_records(consumer: &mut Consumer, args: &ConsumeArgs) -> CliResult
         }
         let mut out = stdout.lock();
         for (i, r) in records.iter().enumerate() {
-            let done = match write_record(&mut out, r, args.format) {
+            // How the command ends, and the first record that was not printed.
+            let (end, first_unprinted) = match write_record(&mut out, r, args.format) {
                 Ok(()) => {
                     printed += 1;
-                    Some(printed) == args.max_messages
+                    if Some(printed) != args.max_messages {
+                        continue;
+                    }
+                    (Ok(()), i + 1)
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => true,
-                Err(e) => return Err(CliError::failure(format!("writing stdout: {e}"))),
+                // The reader is gone: end quietly, but this record never reached it.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => (Ok(()), i),
+                Err(e) => (Err(CliError::failure(format!("writing stdout: {e}"))), i),
             };
-            if done {
-                drop(out);
-                let unprinted = if i + 1 < records.len() {
-                    first_offsets(&records[i + 1..])
-                } else {
-                    BTreeMap::new()
-                };
-                for (tp, offset) in unprinted {
-                    consumer.seek(&tp, SeekTo::Offset(offset)).await?;
-                }
-                return Ok(());
+            drop(out);
+            // The positions are what a group commits on exit: they must cover only records
+            // that were printed.
+            for (tp, offset) in first_offsets(&records[first_unprinted..]) {
+                consumer.seek(&tp, SeekTo::Offset(offset)).await?;
             }
+            return end;
         }
     }
 }
