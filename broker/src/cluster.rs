@@ -371,8 +371,8 @@ fn timed_out(timeout: Duration) -> WriteFailure {
 impl Partition {
     /// Retention through Raft: the entries wholly below where retention would cut are purged
     /// by openraft once a snapshot covers them (so a follower that still needs them gets the
-    /// snapshot and continues from the new log start). One step per call: snapshot first,
-    /// purge on a later pass.
+    /// snapshot and continues from the new log start). Each call purges what the latest
+    /// snapshot covers and asks for a newer one if the cut lies beyond it.
     ///
     /// A partition of `__consumer_offsets` has no time or size retention: it is cut below
     /// the segment holding its latest committed coordinator snapshot instead (see
@@ -391,21 +391,27 @@ impl Partition {
         let Some(upto) = self.shared.index_before(cut) else {
             return Ok(());
         };
-        let (applied, snapshot) = {
+        let (applied, snapshot, purged) = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+            (
+                m.last_applied.map(|l| l.index),
+                m.snapshot.map(|l| l.index),
+                m.purged.map(|l| l.index),
+            )
         };
         let Some(upto) = applied.map(|a| a.min(upto)) else {
             return Ok(());
         };
-        if snapshot.is_some_and(|s| s >= upto) {
-            self.raft
-                .trigger()
-                .purge_log(upto)
-                .await
-                .map_err(raft_err)?;
-        } else {
+        // Purge as far as the latest snapshot allows, and ask for a newer snapshot when the
+        // cut is beyond it. Waiting for a snapshot that covers the whole cut would never end
+        // when the cut keeps moving (the offsets log cuts at snapshots written every few
+        // hundred milliseconds under load).
+        let covered = snapshot.map(|s| s.min(upto));
+        if let Some(c) = covered.filter(|c| purged.is_none_or(|p| *c > p)) {
+            self.raft.trigger().purge_log(c).await.map_err(raft_err)?;
+        }
+        if snapshot.is_none_or(|s| s < upto) {
             self.raft.trigger().snapshot().await.map_err(raft_err)?;
         }
         Ok(())
