@@ -335,6 +335,12 @@ impl Cluster {
     }
 
     /// Client addresses of the given brokers, comma-separated.
+    /// The bootstrap list of every node but `id` (the survivors once `id` is killed).
+    pub fn bootstrap_without(&self, id: i32) -> String {
+        let others: Vec<i32> = self.ids().into_iter().filter(|i| *i != id).collect();
+        self.bootstrap_of(&others)
+    }
+
     pub fn bootstrap_of(&self, ids: &[i32]) -> String {
         ids.iter()
             .map(|&id| self.node(id).bootstrap())
@@ -880,6 +886,26 @@ impl Drop for Cluster {
         }
         self.kill_all();
     }
+}
+
+/// Keeps cluster tests from running beside each other: a 2-core machine cannot host two
+/// clusters without turning timeouts into false failures (and, for groups, expired sessions).
+/// nextest already runs them one at a time; this covers `cargo test`, which runs a file's tests
+/// on parallel threads. Hold the returned file for the whole test.
+pub async fn exclusive() -> std::fs::File {
+    tokio::task::spawn_blocking(|| {
+        let path = std::env::temp_dir().join("rafka-cluster-tests.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .expect("lock file");
+        file.lock().expect("lock");
+        file
+    })
+    .await
+    .expect("lock task")
 }
 
 /// Polls `probe` every [`POLL_INTERVAL`] until it returns `Ok`, or panics after `timeout`,

@@ -28,7 +28,7 @@ use rafka_client::{
 use rafka_protocol::messages::{ProducePartition, ProduceRequest, ProduceTopic};
 use rafka_protocol::{BatchBuilder, BatchOptions, ErrorCode, Timestamp};
 use rafka_tests::checksums::{self, Agreement};
-use rafka_tests::cluster::{wait_until, Cluster, ClusterOptions, Leader};
+use rafka_tests::cluster::{exclusive, wait_until, Cluster, ClusterOptions, Leader};
 use rafka_tests::harness::seed;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,25 +39,6 @@ const RATE: u32 = 200;
 const ELECTION: Duration = Duration::from_secs(30);
 const CATCH_UP: Duration = Duration::from_secs(60);
 const ACKS: Duration = Duration::from_secs(60);
-
-/// Keeps cluster tests from running beside each other (a 2-core machine cannot host two
-/// clusters without turning timeouts into false failures). nextest already runs them one at a
-/// time; this covers `cargo test`, which runs a file's tests on parallel threads.
-async fn exclusive() -> std::fs::File {
-    tokio::task::spawn_blocking(|| {
-        let path = std::env::temp_dir().join("rafka-cluster-tests.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .expect("lock file");
-        file.lock().expect("lock");
-        file
-    })
-    .await
-    .expect("lock task")
-}
 
 // ---- a producer writing at a steady rate ---------------------------------------------------
 

@@ -25,29 +25,12 @@ use rafka_client::{
 };
 use rafka_protocol::messages::*;
 use rafka_protocol::{ErrorCode, Offset};
-use rafka_tests::cluster::{wait_until, Cluster};
+use rafka_tests::cluster::{exclusive, wait_until, Cluster};
 use rafka_tests::harness::{binary, die_with_parent, seed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// Keeps cluster tests from running beside each other (see tests/tests/cluster.rs).
-async fn exclusive() -> std::fs::File {
-    tokio::task::spawn_blocking(|| {
-        let path = std::env::temp_dir().join("rafka-cluster-tests.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .expect("lock file");
-        file.lock().expect("lock");
-        file
-    })
-    .await
-    .expect("lock task")
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Event {
@@ -499,13 +482,7 @@ async fn a_new_coordinator_serves_the_group_with_its_committed_offsets() {
     .await;
     eprintln!("coordinator is broker {}; killing it", old.node_id.0);
     cluster.kill(old.node_id.0);
-    let survivors = cluster.bootstrap_of(
-        &cluster
-            .ids()
-            .into_iter()
-            .filter(|i| *i != old.node_id.0)
-            .collect::<Vec<_>>(),
-    );
+    let survivors = cluster.bootstrap_without(old.node_id.0);
     let admin = Admin::new(ClientConfig::new(survivors.clone())).expect("admin");
     let after = wait_until(SETTLE, "a new coordinator with the offsets", async || {
         let c = admin
@@ -851,13 +828,7 @@ async fn coordinator_snapshots_let_retention_cut_the_offsets_log() {
         .await
         .expect("coordinator");
     cluster.kill(old.node_id.0);
-    let survivors = cluster.bootstrap_of(
-        &cluster
-            .ids()
-            .into_iter()
-            .filter(|i| *i != old.node_id.0)
-            .collect::<Vec<_>>(),
-    );
+    let survivors = cluster.bootstrap_without(old.node_id.0);
     let admin = Admin::new(ClientConfig::new(survivors)).expect("admin");
     let tp = TopicPartition::new("snap", 0);
     let after = wait_until(SETTLE, "the new coordinator's offsets", async || {

@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rafka_tests::cluster::{wait_until, Cluster};
+use rafka_tests::cluster::{exclusive, wait_until, Cluster};
 use rafka_tests::harness::{binary, die_with_parent, rafka, seed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -30,23 +30,6 @@ const SETTLE: Duration = Duration::from_secs(60);
 /// What `rafka` prints on stderr when a reset meets a group with members.
 const NON_EMPTY: &str = "has active members; stop its consumers (or wait for their sessions \
                          to expire) before changing its offsets (NON_EMPTY_GROUP)";
-
-/// Keeps cluster tests from running beside each other (see tests/tests/cluster.rs).
-async fn exclusive() -> std::fs::File {
-    tokio::task::spawn_blocking(|| {
-        let path = std::env::temp_dir().join("rafka-cluster-tests.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .expect("lock file");
-        file.lock().expect("lock");
-        file
-    })
-    .await
-    .expect("lock task")
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()

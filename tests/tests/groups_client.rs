@@ -26,31 +26,13 @@ use rafka_client::{
     Acks, Admin, ClientConfig, Consumer, ConsumerConfig, ErrorCode, Offset, Producer,
     ProducerConfig, ProducerRecord, RebalanceListener, SeekTo, TopicPartition,
 };
-use rafka_tests::cluster::{wait_until, Cluster};
+use rafka_tests::cluster::{exclusive, wait_until, Cluster};
 use rafka_tests::harness::seed;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Longest wait for a group to settle after a change (join, leave, rejoin).
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// Keeps cluster tests from running beside each other (see tests/tests/cluster.rs): on two
-/// cores, two clusters at once slow heartbeats enough to expire sessions.
-async fn exclusive() -> std::fs::File {
-    tokio::task::spawn_blocking(|| {
-        let path = std::env::temp_dir().join("rafka-cluster-tests.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .expect("lock file");
-        file.lock().expect("lock");
-        file
-    })
-    .await
-    .expect("lock task")
-}
 
 /// What a [`RebalanceListener`] was told, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

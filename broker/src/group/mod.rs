@@ -222,16 +222,10 @@ impl Shard {
         let part = Arc::clone(&self.partition);
         let replay = crate::server::blocking(move || {
             let mut groups = BTreeMap::new();
-            let hw = part.high_watermark();
-            let mut at = part.log.log_start_offset();
             let (mut count, mut bytes) = (0u64, 0u64);
-            while at < hw {
-                let read = part.log.read(at, 1 << 20, Some(hw))?;
-                if read.next_offset <= at {
-                    break;
-                }
-                bytes += read.batches.len() as u64;
-                let recs = records::decode(read.batches).map_err(|reason| Error::Corrupt {
+            records::read_committed(&part.log, part.high_watermark(), |at, batches| {
+                bytes += batches.len() as u64;
+                let recs = records::decode(batches).map_err(|reason| Error::Corrupt {
                     path: part.log.dir().to_path_buf(),
                     position: at.0,
                     reason,
@@ -240,8 +234,8 @@ impl Shard {
                 for r in recs {
                     records::apply(&mut groups, r);
                 }
-                at = read.next_offset;
-            }
+                Ok(())
+            })?;
             Ok((groups, count, bytes))
         })
         .await;

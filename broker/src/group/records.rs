@@ -88,19 +88,33 @@ pub fn decode(batches: Bytes) -> Result<Vec<CoordRecord>, String> {
     Ok(out)
 }
 
-/// Where a partition of `__consumer_offsets` may be cut: the base of the segment that holds
-/// its latest snapshot record below `high_watermark` (everything before a snapshot is
-/// replaced by it, so whole segments before that one are dead), or `None` when nothing can
-/// go. Reads the committed part of the log, which snapshots keep short.
-pub fn snapshot_cut(log: &Log, high_watermark: Offset) -> crate::Result<Option<Offset>> {
+/// Hands `f` the committed part of `log` (log start to `high_watermark`) in chunks of whole
+/// batches, each with the offset it starts at.
+pub fn read_committed(
+    log: &Log,
+    high_watermark: Offset,
+    mut f: impl FnMut(Offset, Bytes) -> crate::Result<()>,
+) -> crate::Result<()> {
     let mut at = log.log_start_offset();
-    let mut latest = None;
     while at < high_watermark {
         let read = log.read(at, 1 << 20, Some(high_watermark))?;
         if read.next_offset <= at {
             break;
         }
-        for batch in BatchIter::new(read.batches) {
+        f(at, read.batches)?;
+        at = read.next_offset;
+    }
+    Ok(())
+}
+
+/// Where a partition of `__consumer_offsets` may be cut: the base of the segment that holds
+/// its latest snapshot record below `high_watermark` (everything before a snapshot is
+/// replaced by it, so whole segments before that one are dead), or `None` when nothing can
+/// go. Reads the committed part of the log, which snapshots keep short.
+pub fn snapshot_cut(log: &Log, high_watermark: Offset) -> crate::Result<Option<Offset>> {
+    let mut latest = None;
+    read_committed(log, high_watermark, |_, batches| {
+        for batch in BatchIter::new(batches) {
             let Ok(batch) = batch else { break };
             if batch.header().attributes.is_control() {
                 continue;
@@ -113,8 +127,8 @@ pub fn snapshot_cut(log: &Log, high_watermark: Offset) -> crate::Result<Option<O
                 }
             }
         }
-        at = read.next_offset;
-    }
+        Ok(())
+    })?;
     let Some(snapshot) = latest else {
         return Ok(None);
     };
