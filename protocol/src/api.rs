@@ -24,10 +24,11 @@ pub enum ApiKey {
     OffsetFetch = 12,
     ListGroups = 13,
     DescribeGroup = 14,
+    InitProducerId = 15,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 15] = [
+    pub const ALL: [ApiKey; 16] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -43,6 +44,7 @@ impl ApiKey {
         ApiKey::OffsetFetch,
         ApiKey::ListGroups,
         ApiKey::DescribeGroup,
+        ApiKey::InitProducerId,
     ];
 
     pub fn from_u32(key: u32) -> Option<ApiKey> {
@@ -67,6 +69,7 @@ impl ApiKey {
             ApiKey::OffsetFetch => "offset_fetch",
             ApiKey::ListGroups => "list_groups",
             ApiKey::DescribeGroup => "describe_group",
+            ApiKey::InitProducerId => "init_producer_id",
         }
     }
 
@@ -107,6 +110,7 @@ requests! {
     OffsetFetchRequest => OffsetFetchResponse: OffsetFetch,
     ListGroupsRequest => ListGroupsResponse: ListGroups,
     DescribeGroupRequest => DescribeGroupResponse: DescribeGroup,
+    InitProducerIdRequest => InitProducerIdResponse: InitProducerId,
 }
 
 /// `acks` values of a produce request.

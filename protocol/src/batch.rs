@@ -632,6 +632,12 @@ impl BatchBuilder {
         self.count as usize
     }
 
+    /// The options the batch will be stamped with; they may change until [`BatchBuilder::build`]
+    /// (a producer assigns the sequence number only when it first sends the batch).
+    pub fn options_mut(&mut self) -> &mut BatchOptions {
+        &mut self.options
+    }
+
     /// Size the batch would have if built now.
     pub fn size_bytes(&self) -> usize {
         self.buf.len()

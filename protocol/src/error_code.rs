@@ -51,6 +51,22 @@ pub enum ErrorCode {
     UnsupportedAssignor,
     /// The group already has the most members the broker allows.
     GroupMaxSizeReached,
+    /// A batch's sequence number is not the one after the producer's last batch on this
+    /// partition: an earlier batch is missing. Only retriable while the producer still has an
+    /// earlier batch of that partition unacknowledged (it will fill the gap); otherwise fatal.
+    OutOfOrderSequenceNumber,
+    /// A batch repeats one older than the five the leader remembers per producer: it was
+    /// appended long ago; its offsets are no longer known.
+    DuplicateSequenceNumber,
+    /// The batch's producer epoch is older than the partition has seen: another instance of
+    /// the producer took over (fenced; never retried).
+    InvalidProducerEpoch,
+    /// The partition has no state for the producer id (never seen, or expired after
+    /// `producer_id_expiration_ms`) and the batch does not start at sequence 0.
+    UnknownProducerId,
+    /// A new partition leader is still applying its predecessors' entries and cannot check
+    /// sequence numbers yet; nothing was appended.
+    LeaderNotReady,
     /// A code this build does not know (from a newer peer).
     Unknown(i32),
 }
@@ -88,6 +104,11 @@ impl ErrorCode {
             ErrorCode::NonEmptyGroup => 26,
             ErrorCode::UnsupportedAssignor => 27,
             ErrorCode::GroupMaxSizeReached => 28,
+            ErrorCode::OutOfOrderSequenceNumber => 29,
+            ErrorCode::DuplicateSequenceNumber => 30,
+            ErrorCode::InvalidProducerEpoch => 31,
+            ErrorCode::UnknownProducerId => 32,
+            ErrorCode::LeaderNotReady => 33,
             ErrorCode::Unknown(c) => c,
         }
     }
@@ -123,6 +144,11 @@ impl ErrorCode {
             26 => ErrorCode::NonEmptyGroup,
             27 => ErrorCode::UnsupportedAssignor,
             28 => ErrorCode::GroupMaxSizeReached,
+            29 => ErrorCode::OutOfOrderSequenceNumber,
+            30 => ErrorCode::DuplicateSequenceNumber,
+            31 => ErrorCode::InvalidProducerEpoch,
+            32 => ErrorCode::UnknownProducerId,
+            33 => ErrorCode::LeaderNotReady,
             c => ErrorCode::Unknown(c),
         }
     }
@@ -146,6 +172,7 @@ impl ErrorCode {
                 | ErrorCode::NotCoordinator
                 | ErrorCode::CoordinatorNotAvailable
                 | ErrorCode::CoordinatorLoadInProgress
+                | ErrorCode::LeaderNotReady
         )
     }
 
@@ -181,6 +208,11 @@ impl ErrorCode {
             ErrorCode::NonEmptyGroup => "NON_EMPTY_GROUP",
             ErrorCode::UnsupportedAssignor => "UNSUPPORTED_ASSIGNOR",
             ErrorCode::GroupMaxSizeReached => "GROUP_MAX_SIZE_REACHED",
+            ErrorCode::OutOfOrderSequenceNumber => "OUT_OF_ORDER_SEQUENCE_NUMBER",
+            ErrorCode::DuplicateSequenceNumber => "DUPLICATE_SEQUENCE_NUMBER",
+            ErrorCode::InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
+            ErrorCode::UnknownProducerId => "UNKNOWN_PRODUCER_ID",
+            ErrorCode::LeaderNotReady => "LEADER_NOT_READY",
             ErrorCode::Unknown(_) => "UNKNOWN_CODE",
         }
     }
@@ -199,7 +231,7 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_distinct() {
         let mut seen = std::collections::HashSet::new();
-        for c in 0..29 {
+        for c in 0..34 {
             let e = ErrorCode::from_code(c);
             assert_eq!(e.code(), c);
             assert!(seen.insert(e.name()), "duplicate name for {c}");

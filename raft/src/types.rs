@@ -91,3 +91,5 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNo
 pub type Membership = openraft::Membership<NodeId, openraft::BasicNode>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+/// What a proposal's responder receives: the applied entry's response, or why it was refused.
+pub type ClientWriteResult = openraft::raft::ClientWriteResult<TypeConfig>;
