@@ -40,6 +40,7 @@ use crate::fs::Fs;
 use crate::log::{FlushPolicy, Log, LogConfig};
 use crate::replica::controller_sm::{ClusterState, Command, ControllerSm, TopicRecord};
 use crate::replica::partition_sm::PartitionSm;
+use crate::replica::producers::{BatchId, ProducerState, Verdict};
 use crate::replica::store::{LogStore, Shared};
 use crate::replica::{controller_raft_config, partition_raft_config};
 use crate::topics::effective_config;
@@ -107,6 +108,8 @@ pub struct Partition {
     /// While set, this leader is handing the partition to the preferred replica and refuses
     /// writes until the instant (see [`Cluster::run_leader_balancer`]).
     yielding: Mutex<Option<(Instant, NodeId)>>,
+    /// Idempotent producers' sequence state (applied by the state machine, checked here).
+    pub producers: Arc<ProducerState>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -248,124 +251,251 @@ impl Partition {
 
     /// Proposes the producer's batches and waits until they are committed (acks=all), or only
     /// until they are in this leader's log (acks=1: not yet fsynced nor replicated, as in
-    /// Kafka). Returns the base offset of the first batch and the number of records.
-    pub async fn append(
-        &self,
-        records: Bytes,
-        acks: i32,
-        timeout: Duration,
-    ) -> Result<(Offset, u64)> {
+    /// Kafka).
+    ///
+    /// Batches of an idempotent producer are first checked against the partition's producer
+    /// state (see [`crate::replica::producers`]): a duplicate is answered with its original
+    /// offsets instead of being appended again, a gap or a fenced epoch refuses the whole
+    /// request before anything is proposed. The check and the hand-over to Raft happen under
+    /// one lock per partition, so Raft receives each producer's batches in sequence order.
+    pub async fn append(&self, records: Bytes, acks: i32, timeout: Duration) -> Result<Appended> {
         self.ensure_leader()?;
         let batches = self.log.check_append(&records)?;
+        let mut ids = Vec::with_capacity(batches.len());
+        let mut counts = Vec::with_capacity(batches.len());
+        for b in &batches {
+            let h = rafka_protocol::BatchHeader::parse(b)?;
+            BatchId::validate(&h).map_err(Error::InvalidBatchHeader)?;
+            if h.attributes.is_transactional() {
+                return Err(Error::InvalidBatchHeader(
+                    "transactional batches need a transaction, and this broker has no \
+                     transaction coordinator yet",
+                ));
+            }
+            counts.push(h.last_offset_delta.max(0) as u64 + 1);
+            ids.push(BatchId::of(&h));
+        }
         let count = batches.len();
-        let records_total: u64 = batches
-            .iter()
-            .map(|b| {
-                rafka_protocol::BatchHeader::parse(b).map_or(0, |h| h.last_offset_delta as u64 + 1)
-            })
-            .sum();
         let started = Instant::now();
-        let outcome = if acks == rafka_protocol::api::acks::LEADER {
-            self.append_leader_only(batches, timeout).await
-        } else {
-            self.append_committed(batches, timeout).await
-        };
-        // A refusal before anything was proposed is NOT_LEADER (safe to retry elsewhere);
-        // anything later is an unknown outcome: the batch may still be committed.
-        let first = outcome.map_err(|(i, e)| match e {
-            WriteFailure::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
-                if i == 0 =>
-            {
-                Error::NotLeader {
-                    what: format!("{}-{}", self.topic, self.index),
-                    leader: f.leader_id.filter(|l| *l != self.node_id),
-                }
-            }
-            WriteFailure::Raft(e) => {
-                Error::OutcomeUnknown(format!("batch {} of {count}: {e}", i + 1))
-            }
-            WriteFailure::TimedOut(t) => Error::OutcomeUnknown(format!(
-                "batch {} of {count} not done within {} ms",
-                i + 1,
-                t.as_millis()
-            )),
-        })?;
-        metrics::histogram!("rafka_commit_latency_seconds").record(started.elapsed().as_secs_f64());
-        Ok((first, records_total))
-    }
-
-    async fn append_committed(
-        &self,
-        batches: Vec<Bytes>,
-        timeout: Duration,
-    ) -> std::result::Result<Offset, (usize, WriteFailure)> {
-        let writes = batches
-            .into_iter()
-            .map(|b| self.raft.client_write(Batch(b)));
-        let results = tokio::time::timeout(timeout, futures::future::join_all(writes))
-            .await
-            .map_err(|_| (0, timed_out(timeout)))?;
-        let mut first = None;
-        for (i, r) in results.into_iter().enumerate() {
-            let resp = r.map_err(|e| (i, WriteFailure::Raft(e)))?;
-            first.get_or_insert(Offset(resp.data.base_offset));
-        }
-        Ok(first.unwrap_or_default())
-    }
-
-    async fn append_leader_only(
-        &self,
-        batches: Vec<Bytes>,
-        timeout: Duration,
-    ) -> std::result::Result<Offset, (usize, WriteFailure)> {
-        let mut first = None;
-        let mut watched = Vec::with_capacity(batches.len());
-        for (i, b) in batches.into_iter().enumerate() {
-            let ptr = b.as_ptr() as usize;
-            let appended = self.shared.watch_local_append(&b);
-            let raft = self.raft.clone();
-            // The write goes on to commit after this answer; only its local append is awaited.
-            let write = tokio::spawn(async move { raft.client_write(Batch(b)).await });
-            watched.push((i, ptr, appended, write));
-        }
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut failure = None;
-        for (i, ptr, appended, write) in watched {
-            let outcome = tokio::select! {
-                offset = appended => offset.ok(),
-                done = write => match done {
-                    Ok(Err(e)) => {
-                        failure.get_or_insert((i, WriteFailure::Raft(e)));
-                        None
-                    }
-                    // Committed (so appended) before the append notice was seen.
-                    Ok(Ok(resp)) => Some(Offset(resp.data.base_offset)),
-                    Err(_) => None,
-                },
-                _ = tokio::time::sleep_until(deadline) => None,
+        let leader_only = acks == rafka_protocol::api::acks::LEADER;
+        let mut slots = Vec::with_capacity(count);
+        if ids.iter().any(Option::is_some) {
+            let mut pending = self.producers.pending.lock().await;
+            self.ensure_leader()?;
+            pending.begin(self.ready_term()?);
+            let planned = {
+                let table = self.producers.table();
+                pending.plan(&table, &ids)
             };
-            self.shared.forget_local_append(ptr);
-            match outcome {
-                Some(o) => {
-                    first.get_or_insert(o);
+            let verdicts = planned.map_err(|r| {
+                metrics::counter!("rafka_produce_sequence_refusals_total", "error" => r.code.name())
+                    .increment(1);
+                Error::ProducerRefused {
+                    code: r.code,
+                    message: format!("{}-{}: {}", self.topic, self.index, r.message),
                 }
-                None => {
-                    return Err(failure.unwrap_or((i, timed_out(timeout))));
+            })?;
+            for (b, v) in batches.into_iter().zip(verdicts) {
+                slots.push(match v {
+                    None | Some(Verdict::Append) => {
+                        Slot::Proposed(self.submit(b, leader_only).await)
+                    }
+                    Some(Verdict::Duplicate(r)) => {
+                        metrics::counter!("rafka_produce_duplicates_total").increment(1);
+                        Slot::Known(Offset(r.base_offset))
+                    }
+                    Some(Verdict::InFlight(id)) => {
+                        metrics::counter!("rafka_produce_duplicates_total").increment(1);
+                        Slot::InFlight(id)
+                    }
+                });
+            }
+        } else {
+            for b in batches {
+                slots.push(Slot::Proposed(self.submit(b, leader_only).await));
+            }
+        }
+        let mut bases = Vec::with_capacity(count);
+        for (i, slot) in slots.into_iter().enumerate() {
+            let outcome = match slot {
+                Slot::Known(o) => Ok(o),
+                Slot::InFlight(id) => self.wait_applied(&id, deadline).await,
+                Slot::Proposed(s) => s.wait(&self.shared, deadline).await,
+            };
+            // A refusal before anything was proposed is NOT_LEADER (safe to retry elsewhere);
+            // anything later is an unknown outcome: the batch may still be committed.
+            bases.push(outcome.map_err(|e| match e {
+                WriteFailure::Write(ClientWriteError::ForwardToLeader(f)) if i == 0 => {
+                    Error::NotLeader {
+                        what: format!("{}-{}", self.topic, self.index),
+                        leader: f.leader_id.filter(|l| *l != self.node_id),
+                    }
+                }
+                WriteFailure::Stopped(_) if i == 0 => Error::NotLeader {
+                    what: format!("{}-{}", self.topic, self.index),
+                    leader: None,
+                },
+                WriteFailure::Write(e) => {
+                    Error::OutcomeUnknown(format!("batch {} of {count}: {e}", i + 1))
+                }
+                WriteFailure::Stopped(e) => {
+                    Error::OutcomeUnknown(format!("batch {} of {count}: {e}", i + 1))
+                }
+                WriteFailure::TimedOut(t) => Error::OutcomeUnknown(format!(
+                    "batch {} of {count} not done within {} ms",
+                    i + 1,
+                    t.as_millis()
+                )),
+            })?);
+        }
+        metrics::histogram!("rafka_commit_latency_seconds").record(started.elapsed().as_secs_f64());
+        let base_offset = bases.first().copied().unwrap_or_default();
+        let back_to_back = bases
+            .windows(2)
+            .zip(&counts)
+            .all(|(w, n)| w[1].0 == w[0].0 + n);
+        Ok(Appended {
+            base_offset,
+            records: counts.iter().sum(),
+            batch_bases: if back_to_back {
+                Vec::new()
+            } else {
+                bases.iter().map(|o| o.0).collect()
+            },
+        })
+    }
+
+    /// The current term, once this leader has applied an entry of its own term, so that its
+    /// producer state covers every entry its predecessors wrote (an idempotent retry must not
+    /// be checked against state that lacks the batch it repeats).
+    fn ready_term(&self) -> Result<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let term = m.current_term;
+        if m.last_applied.is_some_and(|l| l.leader_id.term == term) {
+            Ok(term)
+        } else {
+            Err(Error::LeaderNotReady(format!(
+                "{}-{}",
+                self.topic, self.index
+            )))
+        }
+    }
+
+    /// Hands one batch to Raft without waiting for it (the order of calls is the log order).
+    async fn submit(&self, batch: Bytes, leader_only: bool) -> Submitted {
+        let local = leader_only.then(|| {
+            let ptr = batch.as_ptr() as usize;
+            (ptr, self.shared.watch_local_append(&batch))
+        });
+        let rx = self
+            .raft
+            .client_write_ff(Batch(batch))
+            .await
+            .map_err(|e| e.to_string());
+        Submitted { rx, local }
+    }
+
+    /// Waits until the batch `id`, proposed by an earlier request, is applied, and returns
+    /// where it starts.
+    async fn wait_applied(
+        &self,
+        id: &BatchId,
+        deadline: tokio::time::Instant,
+    ) -> std::result::Result<Offset, WriteFailure> {
+        let mut hw = self.watch_high_watermark();
+        loop {
+            if let Some(r) = self.producers.table().find(id) {
+                return Ok(Offset(r.base_offset));
+            }
+            tokio::select! {
+                changed = hw.changed() => {
+                    if changed.is_err() {
+                        return Err(WriteFailure::Stopped("the partition closed".into()));
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(WriteFailure::TimedOut(
+                        deadline.saturating_duration_since(tokio::time::Instant::now()),
+                    ));
                 }
             }
         }
-        Ok(first.unwrap_or_default())
+    }
+}
+
+/// Where an append's batches went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: Offset,
+    pub records: u64,
+    /// Each batch's base offset when they are not back to back (an idempotent retry that mixes
+    /// batches appended earlier with new ones); empty otherwise.
+    pub batch_bases: Vec<u64>,
+}
+
+/// One batch of an append request, once decided.
+enum Slot {
+    /// Handed to Raft.
+    Proposed(Submitted),
+    /// A duplicate of a batch already applied at this offset.
+    Known(Offset),
+    /// A duplicate of a batch proposed earlier and not applied yet.
+    InFlight(BatchId),
+}
+
+type ResponseRx = tokio::sync::oneshot::Receiver<rafka_raft::types::ClientWriteResult>;
+
+/// A batch handed to Raft: its commit notice, and with acks=1 its local-append notice.
+struct Submitted {
+    rx: std::result::Result<ResponseRx, String>,
+    local: Option<(usize, tokio::sync::oneshot::Receiver<Offset>)>,
+}
+
+impl Submitted {
+    async fn wait(
+        self,
+        shared: &Shared,
+        deadline: tokio::time::Instant,
+    ) -> std::result::Result<Offset, WriteFailure> {
+        let mut rx = match self.rx {
+            Ok(rx) => rx,
+            Err(e) => {
+                if let Some((ptr, _)) = self.local {
+                    shared.forget_local_append(ptr);
+                }
+                return Err(WriteFailure::Stopped(e));
+            }
+        };
+        let committed = |r: std::result::Result<rafka_raft::types::ClientWriteResult, _>| match r {
+            Ok(Ok(resp)) => Ok(Offset(resp.data.base_offset)),
+            Ok(Err(e)) => Err(WriteFailure::Write(e)),
+            Err(_) => Err(WriteFailure::Stopped("Raft dropped the write".into())),
+        };
+        let Some((ptr, appended)) = self.local else {
+            return match tokio::time::timeout_at(deadline, rx).await {
+                Ok(r) => committed(r),
+                Err(_) => Err(WriteFailure::TimedOut(Duration::ZERO)),
+            };
+        };
+        // acks=1: the local append is enough; the write goes on to commit after the answer.
+        let outcome = tokio::select! {
+            offset = appended => offset.map_err(|_| WriteFailure::Stopped("no append notice".into())),
+            done = &mut rx => committed(done),
+            _ = tokio::time::sleep_until(deadline) => Err(WriteFailure::TimedOut(Duration::ZERO)),
+        };
+        shared.forget_local_append(ptr);
+        outcome
     }
 }
 
 /// Why a proposed batch has no answer.
 enum WriteFailure {
-    Raft(RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>),
+    Write(ClientWriteError<NodeId, BasicNode>),
+    /// The group's Raft stopped (the replica is closing or was deleted).
+    Stopped(String),
     TimedOut(Duration),
-}
-
-fn timed_out(timeout: Duration) -> WriteFailure {
-    WriteFailure::TimedOut(timeout)
 }
 
 impl Partition {
@@ -476,6 +606,9 @@ pub struct Cluster {
     heard: Mutex<HashMap<NodeId, Instant>>,
     created: Mutex<BTreeSet<u64>>,
     reconciling: tokio::sync::Mutex<()>,
+    producer_id_expiration_ms: u64,
+    /// The rest of this broker's current block of producer ids: `next..end`.
+    producer_ids: tokio::sync::Mutex<Option<(i64, i64)>>,
     _lock: std::fs::File,
 }
 
@@ -517,6 +650,7 @@ impl Cluster {
         defaults: LogConfig,
         fs: Fs,
         voters: BTreeMap<NodeId, String>,
+        producer_id_expiration_ms: u64,
     ) -> Result<Arc<Cluster>> {
         defaults.validate()?;
         std::fs::create_dir_all(data_dir.join("topics")).map_err(Error::io(data_dir))?;
@@ -625,6 +759,8 @@ impl Cluster {
             heard: Mutex::new(HashMap::new()),
             created: Mutex::new(created.groups),
             reconciling: tokio::sync::Mutex::new(()),
+            producer_id_expiration_ms,
+            producer_ids: tokio::sync::Mutex::new(None),
             _lock: lock,
         });
         if fresh && ids.first() != Some(&node_id) {
@@ -887,6 +1023,53 @@ impl Cluster {
         }
     }
 
+    /// A producer id never handed out before, from this broker's block; a new block is asked
+    /// of the controller when the block runs out (ids of a block lost in a crash are skipped,
+    /// never reused).
+    pub async fn next_producer_id(&self) -> Result<i64> {
+        let mut block = self.producer_ids.lock().await;
+        if let Some((next, end)) = *block {
+            if next < end {
+                *block = Some((next + 1, end));
+                return Ok(next);
+            }
+        }
+        let request: u64 = rand::random();
+        self.propose(Command::AllocateProducerIds {
+            broker: self.node_id,
+            request,
+        })
+        .await?;
+        // Committed: this broker's replica of the controller applies it shortly.
+        let mut state = self.state.clone();
+        let got = tokio::time::timeout(PROPOSE_TIMEOUT, async {
+            loop {
+                let found = state
+                    .borrow_and_update()
+                    .producer_id_blocks
+                    .get(&self.node_id)
+                    .filter(|b| b.request == request)
+                    .copied();
+                if let Some(b) = found {
+                    return Some(b);
+                }
+                if state.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match got {
+            Ok(Some(b)) => {
+                *block = Some((b.first + 1, b.first + b.len));
+                Ok(b.first)
+            }
+            _ => Err(Error::OutcomeUnknown(
+                "the new block of producer ids did not arrive in time".into(),
+            )),
+        }
+    }
+
     /// Waits (bounded) until every partition of `topic` has a known leader. The topic exists
     /// either way: past the deadline this only logs, since an error would make clients retry
     /// a creation that succeeded.
@@ -996,7 +1179,11 @@ impl Cluster {
             && shared.last_index().is_none()
             && shared.meta().last_purged.is_none();
         let hw = Arc::new(watch::channel(Offset(0)).0);
-        let sm = PartitionSm::new(Arc::clone(&shared), Arc::clone(&hw));
+        let (sm, producers) = PartitionSm::new(
+            Arc::clone(&shared),
+            Arc::clone(&hw),
+            self.producer_id_expiration_ms,
+        );
         let raft = Raft::new(
             self.node_id,
             partition_raft_config(),
@@ -1037,6 +1224,7 @@ impl Cluster {
             high_watermark: hw,
             node_id: self.node_id,
             yielding: Mutex::new(None),
+            producers,
         });
         self.groups
             .write()

@@ -84,6 +84,10 @@ pub struct BrokerArgs {
     /// (default 8; later changes do not affect an existing topic).
     #[arg(long, env = "RAFKA_OFFSETS_TOPIC_PARTITIONS", value_name = "N")]
     pub offsets_topic_partitions: Option<u32>,
+    /// How long a partition remembers an idempotent producer that writes nothing (default
+    /// 86400000 ms, one day; then its next batch must start at sequence 0).
+    #[arg(long, env = "RAFKA_PRODUCER_ID_EXPIRATION_MS", value_name = "MS")]
+    pub producer_id_expiration_ms: Option<u64>,
 }
 
 /// The resolved, checked configuration.
@@ -101,6 +105,7 @@ pub struct BrokerConfig {
     pub max_in_flight_per_connection: u32,
     pub retention_check_interval_ms: u64,
     pub offsets_topic_partitions: u32,
+    pub producer_id_expiration_ms: u64,
     /// Log settings for topics that do not override them.
     pub log_defaults: LogConfig,
 }
@@ -195,6 +200,13 @@ impl BrokerConfig {
                 crate::topics::PARTITIONS_PER_TOPIC_MAX
             ));
         }
+        let producer_id_expiration_ms = pick!(
+            producer_id_expiration_ms,
+            crate::replica::producers::PRODUCER_ID_EXPIRATION_MS_DEFAULT
+        );
+        if producer_id_expiration_ms == 0 {
+            return Err("--producer-id-expiration-ms must be positive".into());
+        }
         Ok(BrokerConfig {
             node_id,
             data_dir: pick!(data_dir, PathBuf::from("rafka-data")),
@@ -208,6 +220,7 @@ impl BrokerConfig {
             max_in_flight_per_connection,
             retention_check_interval_ms,
             offsets_topic_partitions,
+            producer_id_expiration_ms,
             log_defaults,
         })
     }

@@ -89,6 +89,14 @@ pub enum Error {
     /// A controller command was refused by the controller (code, reason).
     #[error("{1}")]
     Refused(rafka_protocol::ErrorCode, String),
+    /// An idempotent batch refused by its partition's producer state (sequence gap, fenced
+    /// epoch, unknown producer, too old a duplicate); nothing of the request was appended.
+    #[error("{message}")]
+    ProducerRefused { code: ErrorCode, message: String },
+    /// A new partition leader has not yet applied its predecessors' entries, so it cannot
+    /// check sequence numbers; nothing was appended.
+    #[error("the new leader of {0} is still applying earlier entries")]
+    LeaderNotReady(String),
     /// A bug or a panicked task: the outcome of the request is unknown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -109,7 +117,8 @@ impl Error {
             | Error::InvalidPartitions { .. }
             | Error::InvalidReplicationFactor { .. }
             | Error::InvalidTopicConfig { .. } => ErrorClass::InvalidRequest,
-            Error::Refused(..) => ErrorClass::InvalidRequest,
+            Error::Refused(..) | Error::ProducerRefused { .. } => ErrorClass::InvalidRequest,
+            Error::LeaderNotReady(_) => ErrorClass::Unavailable,
             Error::NotLeader { .. } | Error::OutcomeUnknown(_) => ErrorClass::Unavailable,
             Error::ShuttingDown | Error::Internal(_) => ErrorClass::Storage,
             Error::Io { .. }
@@ -156,6 +165,8 @@ impl Error {
             Error::NotLeader { .. } => ErrorCode::NotLeader,
             Error::OutcomeUnknown(_) => ErrorCode::RequestTimedOut,
             Error::Refused(code, _) => *code,
+            Error::ProducerRefused { code, .. } => *code,
+            Error::LeaderNotReady(_) => ErrorCode::LeaderNotReady,
             Error::Internal(_) => ErrorCode::UnknownServerError,
         }
     }

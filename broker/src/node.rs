@@ -80,6 +80,7 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
         config.log_defaults.clone(),
         storage_fs(),
         voters,
+        config.producer_id_expiration_ms,
     )
     .await
     .map_err(|e| {

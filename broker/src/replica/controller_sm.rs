@@ -48,6 +48,18 @@ pub struct TopicRecord {
     pub configs: BTreeMap<String, String>,
 }
 
+/// Producer ids handed to a broker at once (it asks again when they run out).
+pub const PRODUCER_ID_BLOCK_LEN: i64 = 1000;
+
+/// A range of producer ids allocated to one broker: `first..first + len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerIdBlock {
+    pub first: i64,
+    pub len: i64,
+    /// The broker's id for the request that got this block, so it recognises its answer.
+    pub request: u64,
+}
+
 /// Cluster metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -56,6 +68,12 @@ pub struct ClusterState {
     pub next_topic_id: u32,
     /// The controller's voters: the brokers replicas are assigned to.
     pub voters: Vec<NodeId>,
+    /// The first producer id never handed out: ids are never reused.
+    #[serde(default)]
+    pub next_producer_id: i64,
+    /// The latest block of producer ids each broker was given.
+    #[serde(default)]
+    pub producer_id_blocks: BTreeMap<NodeId, ProducerIdBlock>,
 }
 
 /// A controller command.
@@ -79,6 +97,11 @@ pub enum Command {
     SetTopicConfigs {
         name: String,
         configs: BTreeMap<String, String>,
+    },
+    /// Hands `broker` the next [`PRODUCER_ID_BLOCK_LEN`] producer ids.
+    AllocateProducerIds {
+        broker: NodeId,
+        request: u64,
     },
 }
 
@@ -161,6 +184,25 @@ impl ClusterState {
                     format!("unknown topic or partition: {name}"),
                 ),
             },
+            Command::AllocateProducerIds { broker, request } => {
+                let first = self.next_producer_id.max(0);
+                let Some(next) = first.checked_add(PRODUCER_ID_BLOCK_LEN) else {
+                    return refuse(
+                        ErrorCode::UnknownServerError,
+                        "producer ids are exhausted".into(),
+                    );
+                };
+                self.next_producer_id = next;
+                self.producer_id_blocks.insert(
+                    broker,
+                    ProducerIdBlock {
+                        first,
+                        len: PRODUCER_ID_BLOCK_LEN,
+                        request,
+                    },
+                );
+                Ok(())
+            }
             Command::SetTopicConfigs { name, configs } => match self.topics.get_mut(&name) {
                 Some(t) => {
                     t.configs = configs;

@@ -2,7 +2,8 @@
 //!
 //! - [`store`]: `RaftLogStorage` over the segmented log, shared by every group: the log is the
 //!   Raft log, and the one Raft-index-to-offset translation lives there.
-//! - [`partition_sm`]: a partition's state machine (the high watermark).
+//! - [`partition_sm`]: a partition's state machine (the high watermark, producer state).
+//! - [`producers`]: per-producer sequence state of a partition (idempotent produce).
 //! - [`controller_sm`]: the controller's state machine (cluster metadata).
 //! - [`raft_config`]: timing and snapshot settings per kind of group.
 
@@ -11,6 +12,7 @@
 pub mod controller_sm;
 #[allow(clippy::result_large_err)]
 pub mod partition_sm;
+pub mod producers;
 #[allow(clippy::result_large_err)]
 pub mod store;
 

@@ -2,9 +2,14 @@
 //! high watermark (the exclusive bound readers may see) past the entry's records; the records
 //! themselves are already in the log, which is the Raft log.
 //!
-//! A snapshot is only a position: the last applied entry, its membership and the next record
-//! offset. A follower that needs entries the leader no longer has installs it, which empties
-//! its log and continues at that offset; it then replicates from there.
+//! Applying also feeds every producer batch to the partition's producer state (see
+//! [`super::producers`]), the one piece of state derived from the records themselves.
+//!
+//! A snapshot is a position (the last applied entry, its membership and the next record
+//! offset) plus the producer table. A follower that needs entries the leader no longer has
+//! installs it, which empties its log and continues at that offset; it then replicates from
+//! there. The producer table is also written to `producer-state.json` whenever the applied
+//! position is persisted, so a restart replays only the log written since.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -18,16 +23,24 @@ use rafka_raft::{Applied, TypeConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::producers::{ProducerState, ProducerTable, STATE_FILE};
 use super::store::Shared;
 use super::{sm_err, snapshot_id};
 
 /// How often the applied position is written to `raft-meta.json` (it only shortens the
 /// replay after a restart, so it need not be current).
 const APPLIED_PERSIST_INTERVAL: Duration = Duration::from_secs(2);
+/// How often idle producers are looked for (expiry itself is `producer_id_expiration_ms`).
+const PRODUCER_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Bytes read at a time when replaying the log into the producer table.
+const REPLAY_READ_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotData {
     next_offset: u64,
+    /// Absent in snapshots written before idempotence existed.
+    #[serde(default)]
+    producers: Option<ProducerTable>,
 }
 
 /// The partition state machine.
@@ -37,12 +50,21 @@ pub struct PartitionSm {
     applied: Option<LogId>,
     membership: StoredMembership,
     persisted_at: Instant,
+    producers: Arc<ProducerState>,
+    /// Whether the producer table changed since it was last written.
+    producers_dirty: bool,
+    expired_at: Instant,
 }
 
 impl PartitionSm {
     /// Restores the applied position from the meta file (never beyond the log's last entry)
-    /// and sets the high watermark to match.
-    pub fn new(shared: Arc<Shared>, high_watermark: Arc<watch::Sender<Offset>>) -> PartitionSm {
+    /// and sets the high watermark to match; restores the producer table from its file and
+    /// replays the committed log written after it.
+    pub fn new(
+        shared: Arc<Shared>,
+        high_watermark: Arc<watch::Sender<Offset>>,
+        producer_id_expiration_ms: u64,
+    ) -> (PartitionSm, Arc<ProducerState>) {
         let meta = shared.meta();
         let mut applied = meta.applied.max(meta.last_purged);
         if let (Some(a), Some(last)) = (applied, shared.last_index()) {
@@ -56,13 +78,19 @@ impl PartitionSm {
             .and_then(|a| shared.offset_of(a.index + 1))
             .unwrap_or_else(|| shared.log.log_start_offset());
         high_watermark.send_replace(hw);
-        PartitionSm {
+        let table = restore_producers(&shared, hw);
+        let producers = Arc::new(ProducerState::new(table, producer_id_expiration_ms));
+        let sm = PartitionSm {
             shared,
             high_watermark,
             applied,
             membership: meta.membership,
             persisted_at: Instant::now(),
-        }
+            producers: Arc::clone(&producers),
+            producers_dirty: false,
+            expired_at: Instant::now(),
+        };
+        (sm, producers)
     }
 
     fn next_offset(&self) -> Offset {
@@ -77,8 +105,84 @@ impl PartitionSm {
                 m.applied = applied;
                 m.membership = membership;
             })
-            .map_err(|e| sm_err(ErrorVerb::Write, e.to_string()))
+            .map_err(|e| sm_err(ErrorVerb::Write, e.to_string()))?;
+        // After the meta: a table file newer than the applied position it is restored with
+        // would be harmless too (applying a batch twice changes nothing), but never needed.
+        if self.producers_dirty {
+            let raw = serde_json::to_vec(&*self.producers.table()).expect("table serialises");
+            let path = self.shared.log.dir().join(STATE_FILE);
+            self.shared
+                .fs()
+                .write_atomically(&path, &raw)
+                .map_err(|e| sm_err(ErrorVerb::Write, format!("{}: {e}", path.display())))?;
+            self.producers_dirty = false;
+        }
+        Ok(())
     }
+}
+
+/// The producer table as of the high watermark `hw`: the table file if it is usable, then the
+/// committed log after it. A missing or unusable file means a replay from the log start
+/// (producers whose batches retention removed are forgotten then: their next batch must
+/// start a new epoch or get UNKNOWN_PRODUCER_ID).
+fn restore_producers(shared: &Shared, hw: Offset) -> ProducerTable {
+    let log = &shared.log;
+    let path = log.dir().join(STATE_FILE);
+    let from_file = match crate::error::read_json_file::<ProducerTable>(&path, "producer state") {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the producer state file; replaying the log");
+            None
+        }
+    };
+    let start = log.log_start_offset();
+    let mut table = match from_file {
+        Some(t) if t.next_offset <= hw.0 && t.next_offset >= start.0 => t,
+        Some(t) => {
+            tracing::warn!(
+                dir = %log.dir().display(),
+                file_next_offset = t.next_offset,
+                log_start = start.0,
+                high_watermark = hw.0,
+                "the producer state file does not fit the log; replaying the log"
+            );
+            ProducerTable {
+                next_offset: start.0,
+                ..ProducerTable::default()
+            }
+        }
+        None => ProducerTable {
+            next_offset: start.0,
+            ..ProducerTable::default()
+        },
+    };
+    let mut at = Offset(table.next_offset);
+    while at < hw {
+        let read = match log.read(at, REPLAY_READ_BYTES, Some(hw)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "producer state replay stopped early");
+                break;
+            }
+        };
+        if read.next_offset <= at {
+            break;
+        }
+        let mut rest = &read.batches[..];
+        while let Ok(h) = rafka_protocol::BatchHeader::parse(rest) {
+            let total = h.batch_length as usize + rafka_protocol::batch::LOG_OVERHEAD_BYTES;
+            if h.base_offset >= at {
+                table.apply(&h, h.base_offset);
+            }
+            if total >= rest.len() {
+                break;
+            }
+            rest = &rest[total..];
+        }
+        at = read.next_offset;
+        table.advance_to(at);
+    }
+    table
 }
 
 /// A snapshot of the partition state machine, taken when openraft asks for a builder: the
@@ -89,12 +193,14 @@ pub struct PartitionSnapshot {
     applied: Option<LogId>,
     membership: StoredMembership,
     next_offset: Offset,
+    producers: ProducerTable,
 }
 
 impl PartitionSnapshot {
     fn build(&self) -> Snapshot<TypeConfig> {
         let data = serde_json::to_vec(&SnapshotData {
             next_offset: self.next_offset.0,
+            producers: Some(self.producers.clone()),
         })
         .expect("snapshot serialises");
         Snapshot {
@@ -120,6 +226,7 @@ impl PartitionSm {
             applied: self.applied,
             membership: self.membership.clone(),
             next_offset: self.next_offset(),
+            producers: self.producers.table().clone(),
         }
     }
 }
@@ -149,10 +256,22 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                     format!("applied entry {index} is not in the log"),
                 ));
             };
-            if let EntryPayload::Membership(m) = &e.payload {
-                self.membership = StoredMembership::new(Some(e.log_id), m.clone());
-                membership_changed = true;
+            match &e.payload {
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                    membership_changed = true;
+                }
+                EntryPayload::Normal(rafka_raft::Batch(bytes)) => {
+                    if let Ok(h) = rafka_protocol::BatchHeader::parse(bytes) {
+                        if h.producer_id != rafka_protocol::ProducerId::NONE {
+                            self.producers.table().apply(&h, base);
+                            self.producers_dirty = true;
+                        }
+                    }
+                }
+                EntryPayload::Blank => {}
             }
+            self.producers.table().advance_to(next);
             self.applied = Some(e.log_id);
             self.high_watermark.send_if_modified(|hw| {
                 if next > *hw {
@@ -167,6 +286,14 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 last_offset: next.0.saturating_sub(1),
                 outcome: None,
             });
+        }
+        if self.expired_at.elapsed() >= PRODUCER_EXPIRY_CHECK_INTERVAL {
+            self.expired_at = Instant::now();
+            let now = rafka_protocol::Timestamp::now().as_millis();
+            let expiration_ms = self.producers.expiration_ms;
+            if self.producers.table().expire(now, expiration_ms) > 0 {
+                self.producers_dirty = true;
+            }
         }
         if membership_changed || self.persisted_at.elapsed() >= APPLIED_PERSIST_INTERVAL {
             self.persist()?;
@@ -193,6 +320,11 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
             return Ok(());
         };
         let next = Offset(data.next_offset);
+        *self.producers.table() = data.producers.unwrap_or_else(|| ProducerTable {
+            next_offset: next.0,
+            ..ProducerTable::default()
+        });
+        self.producers_dirty = true;
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || shared.reset_to_snapshot(last, next))
             .await

@@ -148,6 +148,11 @@ impl Shared {
         Ok(shared)
     }
 
+    /// The file system the group's files are written through.
+    pub fn fs(&self) -> &Fs {
+        &self.fs
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, IndexMap> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }

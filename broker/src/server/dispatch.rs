@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rafka_protocol::messages::*;
 use rafka_protocol::{frame, ApiKey, ErrorCode, Request};
 
-use super::{admin, fetch, group, list_offsets, metadata, produce, Context};
+use super::{admin, fetch, group, list_offsets, metadata, produce, producer, Context};
 
 /// A response frame's payload as a list of buffers written with one `writev`, so that record
 /// data served by a fetch is never copied into a frame buffer.
@@ -88,6 +88,7 @@ pub async fn handle(
         ApiKey::OffsetFetch => run(corr, body, |r| group::offset_fetch(ctx, r)).await,
         ApiKey::ListGroups => run(corr, body, |_: ListGroupsRequest| group::list_groups(ctx)).await,
         ApiKey::DescribeGroup => run(corr, body, |r| group::describe_group(ctx, r)).await,
+        ApiKey::InitProducerId => run(corr, body, |r| producer::init_producer_id(ctx, r)).await,
     };
     metrics::counter!("rafka_requests_total", "api" => api.name()).increment(1);
     metrics::histogram!("rafka_request_duration_seconds", "api" => api.name())

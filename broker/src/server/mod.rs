@@ -18,6 +18,7 @@ pub mod group;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod producer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -72,6 +72,7 @@ async fn append_one(
         base_offset: 0,
         log_start_offset: 0,
         leader_hint: -1,
+        batch_base_offsets: Vec::new(),
     };
     if !matches!(acks, acks::NONE | acks::LEADER | acks::ALL) {
         return (
@@ -115,18 +116,20 @@ async fn append_one(
         Duration::from_millis(u64::from(timeout_ms)).min(PRODUCE_TIMEOUT_MAX)
     };
     match partition.append(p.records, acks, timeout).await {
-        Ok((base_offset, records)) => {
+        Ok(appended) => {
             metrics::counter!("rafka_bytes_in_total", "topic" => topic.clone()).increment(bytes);
-            metrics::counter!("rafka_records_in_total", "topic" => topic).increment(records);
+            metrics::counter!("rafka_records_in_total", "topic" => topic)
+                .increment(appended.records);
             (
                 topic_index,
                 ProducePartitionResult {
                     partition: index,
                     error_code: 0,
                     error_message: String::new(),
-                    base_offset: base_offset.0,
+                    base_offset: appended.base_offset.0,
                     log_start_offset: partition.log.log_start_offset().0,
                     leader_hint: -1,
+                    batch_base_offsets: appended.batch_bases,
                 },
             )
         }
