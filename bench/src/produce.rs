@@ -106,6 +106,11 @@ pub struct ProduceArgs {
     /// Produce requests in flight per broker connection (default: the client's, 5).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_in_flight: Option<u64>,
+    /// Idempotent producers (needs `--acks all`): producer ids, sequence numbers, and up to
+    /// five batches in flight per partition. Off by default, so figures compare with plain
+    /// acks=all.
+    #[arg(long)]
+    pub idempotent: bool,
     #[command(flatten)]
     pub raw: RawArgs,
     /// Print one JSON object at the end instead of a summary.
@@ -127,6 +132,7 @@ fn producer_config(args: &ProduceArgs, index: u32) -> Result<ProducerConfig> {
         bootstrap: args.connect.bootstrap.clone(),
         client_id: format!("rafka-bench-{index}"),
         acks: args.acks.client(),
+        enable_idempotence: args.idempotent,
         ..ProducerConfig::default()
     };
     if let Some(b) = args.batch_bytes {
@@ -322,6 +328,10 @@ async fn produce(
         latency: latency.summary(),
         extra: vec![
             ("acks", Value::Str(args.acks.name().into())),
+            (
+                "idempotent",
+                Value::Str(if args.idempotent { "true" } else { "false" }.into()),
+            ),
             ("record_bytes", Value::Int(args.size)),
             ("producers", Value::Int(u64::from(args.producers))),
             ("partitions", Value::Int(info.partitions.len() as u64)),

@@ -147,6 +147,8 @@ fn config(bootstrap: String) -> ProducerConfig {
         bootstrap,
         retry_backoff_ms: 10,
         linger_ms: 1,
+        // The fake broker knows no InitProducerId.
+        enable_idempotence: false,
         ..ProducerConfig::default()
     }
 }
@@ -189,6 +191,7 @@ async fn a_produce_that_never_gets_an_answer_is_unknown_not_failed() {
     let scripts = HashMap::from([(0, Script::Silent)]);
     let (addr, _state) = fake_broker(scripts).await;
     let producer = Producer::new(ProducerConfig {
+        enable_idempotence: false,
         request_timeout_ms: 100,
         delivery_timeout_ms: 400,
         ..config(addr)
@@ -228,6 +231,7 @@ async fn unknown_topics_and_partitions_fail_the_send_at_once() {
 async fn a_full_buffer_makes_send_wait() {
     let (addr, _state) = fake_broker(HashMap::from([(0, Script::Silent)])).await;
     let producer = Producer::new(ProducerConfig {
+        enable_idempotence: false,
         batch_bytes: 1024,
         buffer_bytes_max: 4096,
         ..config(addr)

@@ -1,7 +1,11 @@
 //! The producer through a proxy that keeps cutting connections after the broker has applied a
 //! request but before its answer arrives: every record must still be acknowledged (retries),
 //! acknowledged records must be in the log where the acknowledgement says, and the order of a
-//! partition must hold. Duplicates are allowed here (idempotence is a later issue) and counted.
+//! partition must hold.
+//!
+//! With idempotence (the default) each record must be in the log exactly once, in send order,
+//! with several batches in flight at once. Without it, duplicates from retried ambiguous
+//! attempts are allowed and counted.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,8 +19,23 @@ use rafka_tests::harness::{free_port, seed, Broker};
 use rafka_tests::proxy::FaultProxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_through_cut_connections_append_each_record_exactly_once_in_order() {
+    let seed = seed("idempotent_retries_through_cut_connections");
+    let duplicates = run(seed, true).await;
+    assert_eq!(
+        duplicates, 0,
+        "idempotent producer duplicated (seed {seed})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_through_cut_connections_keep_order_and_lose_nothing() {
     let seed = seed("retries_through_cut_connections");
+    run(seed, false).await;
+}
+
+/// Produces through the cutting proxy and checks the log; returns the duplicates it holds.
+async fn run(seed: u64, idempotent: bool) -> usize {
     let dir = tempfile::tempdir().unwrap();
     // The broker advertises the proxy, so every client connection goes through it.
     let proxy_port = free_port();
@@ -32,26 +51,29 @@ async fn retries_through_cut_connections_keep_order_and_lose_nothing() {
         .create_topic(NewTopic::new("faults"))
         .await
         .unwrap();
-    let proxy = FaultProxy::start(&proxy_addr, broker.bootstrap(), seed, 50..2_000).await;
+    let proxy = FaultProxy::start(&proxy_addr, broker.bootstrap(), seed, 30..800).await;
 
     let producer = Producer::new(ProducerConfig {
         bootstrap: proxy_addr.clone(),
         acks: Acks::All,
+        enable_idempotence: idempotent,
         linger_ms: 1,
-        batch_bytes: 2048,
+        // Small batches: a round of records makes several, in flight together.
+        batch_bytes: 256,
         retry_backoff_ms: 5,
         request_timeout_ms: 5_000,
         delivery_timeout_ms: 120_000,
         ..ProducerConfig::default()
     })
     .unwrap();
-    // Rounds of 10 records, each awaited before the next, make hundreds of small requests,
+    // Rounds of 40 records, each awaited before the next, make hundreds of small requests,
     // so the proxy's cuts land between requests, mid-response and mid-request.
     const N: usize = 3_000;
+    const ROUND: usize = 40;
     let mut acked = Vec::with_capacity(N);
-    for round in 0..N / 10 {
-        let mut deliveries = Vec::with_capacity(10);
-        for i in round * 10..round * 10 + 10 {
+    for round in 0..N / ROUND {
+        let mut deliveries = Vec::with_capacity(ROUND);
+        for i in round * ROUND..round * ROUND + ROUND {
             let d = producer
                 .send(ProducerRecord::new("faults", format!("{i:06}")).with_partition(0))
                 .await
@@ -130,10 +152,21 @@ async fn retries_through_cut_connections_keep_order_and_lose_nothing() {
             "records reordered in the log: {w:?} (seed {seed})"
         );
     }
+    let duplicates = offsets.len() - N;
     eprintln!(
-        "cuts: {}, log records: {}, duplicates: {}",
+        "idempotent: {idempotent}, cuts: {}, log records: {}, duplicates: {duplicates}",
         proxy.cuts.load(std::sync::atomic::Ordering::Relaxed),
         offsets.len(),
-        offsets.len() - N
     );
+    if idempotent {
+        // Exactly once and dense: the log is the sent sequence, nothing else.
+        for (i, o) in offsets.iter().enumerate() {
+            assert_eq!(
+                log[o].as_ref(),
+                format!("{i:06}").as_bytes(),
+                "log offset {o} holds the wrong record (seed {seed})"
+            );
+        }
+    }
+    duplicates
 }

@@ -167,9 +167,10 @@ pub struct ProduceArgs {
     pub partition: Option<u32>,
     #[arg(long, value_enum, default_value = "all")]
     pub acks: AcksArg,
-    /// Idempotent producer (not implemented yet: only false is accepted).
-    #[arg(long, default_value = "false", action = clap::ArgAction::Set)]
-    pub idempotent: bool,
+    /// Idempotent producer: retries never duplicate nor reorder (default: true with
+    /// `--acks all`, which it needs; false otherwise).
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub idempotent: Option<bool>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
     /// Transactional producer (not implemented yet).
@@ -370,7 +371,7 @@ mod tests {
         };
         assert_eq!(p.acks, AcksArg::Zero);
         assert_eq!(p.key_separator.as_deref(), Some(":"));
-        assert!(!p.idempotent);
+        assert_eq!(p.idempotent, Some(false));
         assert_eq!(p.format, Format::Json);
         assert!(parse(&["produce", "t", "--acks", "2"]).is_err());
         // The global flag works after the subcommand too.

@@ -48,11 +48,6 @@ pub async fn run(bootstrap: &str, args: ProduceArgs) -> CliResult {
     if args.abort {
         return Err(CliError::usage("--abort needs --transactional-id"));
     }
-    if args.idempotent {
-        return Err(CliError::usage(
-            "idempotent producers are not implemented yet (use --idempotent false)",
-        ));
-    }
     if args.key_separator.as_deref() == Some("") {
         return Err(CliError::usage("--key-separator must not be empty"));
     }
@@ -61,10 +56,15 @@ pub async fn run(bootstrap: &str, args: ProduceArgs) -> CliResult {
         AcksArg::One => Acks::Leader,
         AcksArg::Zero => Acks::None,
     };
+    let enable_idempotence = args.idempotent.unwrap_or(acks == Acks::All);
+    if enable_idempotence && acks != Acks::All {
+        return Err(CliError::usage("--idempotent true needs --acks all"));
+    }
     let producer = Producer::new(ProducerConfig {
         bootstrap: bootstrap.to_owned(),
         client_id: "rafka-cli".to_owned(),
         acks,
+        enable_idempotence,
         ..ProducerConfig::default()
     })?;
     // Fail before reading any input when the topic or partition does not exist.

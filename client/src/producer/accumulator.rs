@@ -6,16 +6,22 @@
 //!   `batch_bytes`, else a new one), and which partition unkeyed records go to (the sticky
 //!   [`Partitioner`], told whenever a batch closes);
 //! - which partitions have a batch ready to send (full, lingered long enough, being flushed, or
-//!   a retry whose backoff ended), never more than one in flight per partition, so that retries
-//!   cannot reorder a partition's records;
+//!   a retry whose backoff ended);
+//! - how many batches of a partition may be in flight: one request at a time without
+//!   idempotence (so retries cannot reorder a partition), up to `max_in_flight_per_partition`
+//!   batches with it, where the broker's sequence check keeps the order and drops duplicates;
+//! - with idempotence, each batch's producer id, epoch and sequence number, stamped when the
+//!   batch is first taken for sending and kept across its retries;
 //! - which waiting batches expired their delivery timeout.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rafka_protocol::batch::HEADER_BYTES;
-use rafka_protocol::{BatchBuilder, BatchOptions, Header, Timestamp};
+use rafka_protocol::{
+    BatchBuilder, BatchOptions, Header, ProducerEpoch, ProducerId, Sequence, Timestamp,
+};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -30,15 +36,34 @@ const BATCH_INITIAL_CAPACITY_BYTES: usize = 16 << 10;
 /// One record's caller, waiting for the outcome.
 pub(crate) type Completion = oneshot::Sender<Result<RecordMetadata>>;
 
+/// An idempotent producer's identity, as InitProducerId handed it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub producer_id: ProducerId,
+    pub epoch: ProducerEpoch,
+}
+
+/// `seq` advanced by `n`, wrapping from `i32::MAX` to 0 as the broker does.
+fn seq_add(seq: i32, n: usize) -> i32 {
+    ((i64::from(seq) + n as i64) % (i64::from(i32::MAX) + 1)) as i32
+}
+
 /// A batch of records for one partition, open (still taking records) or closed.
 pub(crate) struct ProducerBatch {
     pub tp: TopicPartition,
     /// Partitions the topic had when the batch was created, for the sticky partitioner.
     partitions_in_topic: u32,
-    /// `Some` while open.
+    /// The records, until the batch is encoded (when first taken for sending).
     builder: Option<BatchBuilder>,
-    /// The encoded batch, once closed.
+    /// Set once no more records may join.
+    closed: bool,
+    /// The encoded batch, once taken for sending.
     bytes: Option<Bytes>,
+    /// Where the batch stands in its partition's send order (set when first taken): retries
+    /// go back into the queue in this order.
+    pub order: Option<u64>,
+    /// With idempotence: the identity and first sequence number stamped into the batch.
+    pub stamp: Option<(Identity, i32)>,
     /// One completion per record, in offset order.
     pub completions: Vec<Completion>,
     /// Buffer-memory permits held by the records; released when the batch completes.
@@ -59,18 +84,27 @@ pub(crate) struct ProducerBatch {
 
 impl ProducerBatch {
     fn is_open(&self) -> bool {
-        self.builder.is_some()
+        !self.closed
     }
 
-    /// Closes the batch (builds its bytes) if still open; returns whether it was open.
+    /// Closes the batch if still open; returns whether it was open.
     fn close(&mut self) -> bool {
-        match self.builder.take() {
-            Some(b) => {
-                self.bytes = Some(b.build());
-                true
-            }
-            None => false,
+        !std::mem::replace(&mut self.closed, true)
+    }
+
+    /// Encodes the batch (once), stamped with the producer identity and first sequence.
+    fn seal(&mut self, stamp: Option<(Identity, i32)>) {
+        let Some(mut builder) = self.builder.take() else {
+            return;
+        };
+        if let Some((identity, seq)) = stamp {
+            let o = builder.options_mut();
+            o.producer_id = identity.producer_id;
+            o.producer_epoch = identity.epoch;
+            o.base_sequence = Sequence(seq);
+            self.stamp = stamp;
         }
+        self.bytes = Some(builder.build());
     }
 
     /// The encoded batch. Only closed batches leave the accumulator, so this is always set
@@ -127,12 +161,22 @@ impl ProducerBatch {
 /// The batches of one partition.
 #[derive(Default)]
 struct PartitionQueue {
-    /// Oldest first; only the last one may be open.
+    /// Oldest first; only the last one may be open. Retried batches go back to the front in
+    /// their send order.
     batches: VecDeque<ProducerBatch>,
-    /// While batches of this partition are being sent: their completion signals.
-    in_flight: Vec<watch::Receiver<()>>,
+    /// Batches of this partition being sent now.
+    in_flight: usize,
+    /// Completion signals of batches sent (for `flush`); pruned as they close.
+    signals: Vec<watch::Receiver<()>>,
     /// A retried batch waits until then.
     backoff_until: Option<Instant>,
+    /// With idempotence: the identity this partition's sequence numbers belong to, and the
+    /// next sequence number to stamp.
+    identity: Option<Identity>,
+    next_sequence: i32,
+    /// Send order of the next batch taken, and of the batches taken but not yet finished.
+    next_order: u64,
+    unfinished: BTreeSet<u64>,
 }
 
 /// One record to append.
@@ -165,6 +209,12 @@ pub(crate) struct Accumulator {
     batch_bytes: usize,
     linger: Duration,
     delivery_timeout: Duration,
+    /// Batches of one partition in flight at most (with idempotence; without, one request).
+    max_in_flight_per_partition: usize,
+    idempotent: bool,
+    /// The identity new partitions stamp their batches with; `None` until InitProducerId
+    /// answered (nothing is taken for sending until then).
+    identity: Option<Identity>,
     queues: HashMap<TopicPartition, PartitionQueue>,
     partitioner: Partitioner,
     /// `flush` calls waiting: while positive every batch is ready at once.
@@ -179,6 +229,9 @@ impl Accumulator {
             batch_bytes,
             linger,
             delivery_timeout,
+            max_in_flight_per_partition: 1,
+            idempotent: false,
+            identity: None,
             queues: HashMap::new(),
             partitioner: Partitioner::default(),
             flushing: 0,
@@ -190,6 +243,50 @@ impl Accumulator {
     fn with_partitioner(mut self, partitioner: Partitioner) -> Accumulator {
         self.partitioner = partitioner;
         self
+    }
+
+    /// Turns idempotence on: up to `max_in_flight_per_partition` batches of a partition in
+    /// flight, each stamped with the producer identity once [`Accumulator::set_identity`] gave
+    /// one.
+    pub fn with_idempotence(mut self, max_in_flight_per_partition: usize) -> Accumulator {
+        self.idempotent = true;
+        self.max_in_flight_per_partition = max_in_flight_per_partition.max(1);
+        self
+    }
+
+    /// Whether the producer needs an identity before it can send.
+    pub fn needs_identity(&self) -> bool {
+        self.idempotent && self.identity.is_none()
+    }
+
+    pub fn set_identity(&mut self, identity: Identity) {
+        self.identity = Some(identity);
+    }
+
+    /// Whether a batch of `tp` sent before the one at `order` is still unfinished: then an
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER for `order` only means that batch has not reached the
+    /// broker yet, and `order` can be retried behind it.
+    pub fn has_earlier_unfinished(&self, tp: &TopicPartition, order: Option<u64>) -> bool {
+        let (Some(q), Some(order)) = (self.queues.get(tp), order) else {
+            return false;
+        };
+        q.unfinished.range(..order).next().is_some()
+    }
+
+    /// Gives up on `tp`'s sequence numbers after a batch that carried one failed for good
+    /// (its fate, and so the broker's next expected sequence, is unknown): batches taken from
+    /// now on get a fresh producer identity and start again at sequence 0.
+    pub fn reset_sequences(&mut self, tp: &TopicPartition) {
+        if !self.idempotent {
+            return;
+        }
+        if let Some(q) = self.queues.get_mut(tp) {
+            if q.identity.is_some() && q.identity == self.identity {
+                self.identity = None;
+            }
+            q.identity = None;
+            q.next_sequence = 0;
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -204,7 +301,7 @@ impl Accumulator {
     pub fn is_empty(&self) -> bool {
         self.queues
             .values()
-            .all(|q| q.batches.is_empty() && q.in_flight.is_empty())
+            .all(|q| q.batches.is_empty() && q.in_flight == 0)
     }
 
     /// Appends a record to `topic`, to `partition` or a partitioner-chosen one.
@@ -231,9 +328,10 @@ impl Accumulator {
         let queue = self.queues.entry(tp.clone()).or_default();
         let mut wake_sender = false;
         let fits = queue.batches.back().is_some_and(|b| {
-            b.builder
-                .as_ref()
-                .is_some_and(|builder| builder.size_bytes() + estimate <= self.batch_bytes)
+            !b.closed
+                && b.builder
+                    .as_ref()
+                    .is_some_and(|builder| builder.size_bytes() + estimate <= self.batch_bytes)
         });
         if !fits {
             if let Some(last) = queue.batches.back_mut() {
@@ -253,7 +351,10 @@ impl Accumulator {
                     BatchOptions::default(),
                     capacity,
                 )),
+                closed: false,
                 bytes: None,
+                order: None,
+                stamp: None,
                 completions: Vec::new(),
                 reserved_bytes: 0,
                 created: now,
@@ -269,7 +370,7 @@ impl Accumulator {
         let Some(batch) = queue.batches.back_mut() else {
             unreachable!("a batch was pushed above");
         };
-        let Some(builder) = batch.builder.as_mut() else {
+        let Some(builder) = batch.builder.as_mut().filter(|_| !batch.closed) else {
             unreachable!("the last batch is open: it fit, or was just created");
         };
         builder.append(record.timestamp, record.key, record.value, record.headers);
@@ -298,7 +399,7 @@ impl Accumulator {
             let Some(first) = q.batches.front() else {
                 continue;
             };
-            if !q.in_flight.is_empty() {
+            if !self.may_send(q, first) {
                 continue;
             }
             consider(first.deadline);
@@ -327,63 +428,126 @@ impl Accumulator {
         }
     }
 
-    /// Takes the first batch of `tp` for sending (closing it if open) and marks the partition
-    /// in flight.
+    /// Whether `q` may send its first batch now, as far as batches in flight go: without
+    /// idempotence only when nothing of it is in flight; with it, while fewer than the limit
+    /// are, except that a retried batch waits until every earlier send has come back (so it is
+    /// resent in order, ahead of the batches behind it).
+    fn may_send(&self, q: &PartitionQueue, first: &ProducerBatch) -> bool {
+        if !self.idempotent {
+            return q.in_flight == 0;
+        }
+        if self.identity.is_none() && q.identity.is_none() {
+            return false;
+        }
+        q.in_flight < self.max_in_flight_per_partition && (first.attempts == 0 || q.in_flight == 0)
+    }
+
+    /// Takes the first batch of `tp` for sending (closing and encoding it if needed) and counts
+    /// it in flight.
     pub fn take(&mut self, tp: &TopicPartition) -> Option<ProducerBatch> {
-        let queue = self.queues.get_mut(tp)?;
-        if !queue.in_flight.is_empty() {
+        let queue = self.queues.get(tp)?;
+        let first = queue.batches.front()?;
+        if !self.may_send(queue, first) {
             return None;
         }
+        let queue = self.queues.get_mut(tp)?;
         let mut batch = queue.batches.pop_front()?;
         if batch.close() {
             self.partitioner
                 .on_batch_closed(&tp.topic, tp.partition, batch.partitions_in_topic);
         }
-        queue.in_flight = vec![batch.done_rx.clone()];
         queue.backoff_until = None;
+        Self::start_sending(queue, &mut batch, self.idempotent, self.identity);
         Some(batch)
     }
 
+    /// Encodes and stamps a batch on its first send; counts it in flight.
+    fn start_sending(
+        queue: &mut PartitionQueue,
+        batch: &mut ProducerBatch,
+        idempotent: bool,
+        identity: Option<Identity>,
+    ) {
+        if batch.order.is_none() {
+            let stamp = if idempotent {
+                let id = *queue.identity.get_or_insert_with(|| {
+                    identity.expect("may_send checked that an identity exists")
+                });
+                let seq = queue.next_sequence;
+                queue.next_sequence = seq_add(seq, batch.record_count());
+                Some((id, seq))
+            } else {
+                None
+            };
+            batch.seal(stamp);
+            batch.order = Some(queue.next_order);
+            queue.unfinished.insert(queue.next_order);
+            queue.next_order += 1;
+        }
+        queue.in_flight += 1;
+        queue.signals.retain(|s| s.has_changed().is_ok());
+        queue.signals.push(batch.done_rx.clone());
+    }
+
     /// Takes the first batch of `tp` (as [`Accumulator::take`]) and the closed batches queued
-    /// right behind it, up to `max_bytes` in all: a "train" sent as one append, so one fsync on
-    /// the broker covers all of it while later records keep accumulating. The batches keep
-    /// their order; the whole train is in flight until its response.
+    /// right behind it, up to `max_bytes` in all (and, with idempotence, up to the in-flight
+    /// limit): a "train" sent as one append, so one fsync on the broker covers all of it while
+    /// later records keep accumulating. The batches keep their order.
     pub fn take_train(&mut self, tp: &TopicPartition, max_bytes: usize) -> Vec<ProducerBatch> {
         let Some(first) = self.take(tp) else {
             return Vec::new();
         };
         let mut bytes = first.size_bytes();
         let mut train = vec![first];
+        let (idempotent, identity, limit) = (
+            self.idempotent,
+            self.identity,
+            self.max_in_flight_per_partition,
+        );
         if let Some(queue) = self.queues.get_mut(tp) {
             while let Some(next) = queue.batches.front() {
-                if next.is_open() || next.attempts > 0 || bytes + next.size_bytes() > max_bytes {
+                if next.is_open()
+                    || next.attempts > 0
+                    || bytes + next.size_bytes() > max_bytes
+                    || (idempotent && queue.in_flight >= limit)
+                {
                     break;
                 }
-                let Some(next) = queue.batches.pop_front() else {
+                let Some(mut next) = queue.batches.pop_front() else {
                     break;
                 };
+                Self::start_sending(queue, &mut next, idempotent, identity);
                 bytes += next.size_bytes();
-                queue.in_flight.push(next.done_rx.clone());
                 train.push(next);
             }
         }
         train
     }
 
-    /// Puts a batch whose attempt failed back at the head of its queue, to be resent after
-    /// `backoff_until`; ahead of every later batch, so the partition's order holds.
+    /// Puts a batch whose attempt failed back into its queue, to be resent after
+    /// `backoff_until`: ahead of every batch sent after it, so the partition's order holds.
     pub fn requeue(&mut self, batch: ProducerBatch, backoff_until: Instant) {
         let queue = self.queues.entry(batch.tp.clone()).or_default();
-        queue.in_flight.clear();
+        queue.in_flight = queue.in_flight.saturating_sub(1);
         queue.backoff_until = Some(backoff_until);
-        queue.batches.push_front(batch);
+        let at = queue
+            .batches
+            .iter()
+            .position(|b| b.order.is_none_or(|o| Some(o) > batch.order))
+            .unwrap_or(queue.batches.len());
+        queue.batches.insert(at, batch);
     }
 
-    /// Marks the in-flight batch of `tp` as finished (succeeded or failed for good).
-    pub fn finish(&mut self, tp: &TopicPartition) {
+    /// Marks a batch of `tp` sent at `order` as finished (succeeded or failed for good).
+    pub fn finish(&mut self, tp: &TopicPartition, order: Option<u64>) {
+        let idempotent = self.idempotent;
         if let Some(queue) = self.queues.get_mut(tp) {
-            queue.in_flight.clear();
-            if queue.batches.is_empty() {
+            queue.in_flight = queue.in_flight.saturating_sub(1);
+            if let Some(o) = order {
+                queue.unfinished.remove(&o);
+            }
+            // With idempotence the queue also holds the partition's sequence numbers.
+            if queue.batches.is_empty() && queue.in_flight == 0 && !idempotent {
                 self.queues.remove(tp);
             }
         }
@@ -392,19 +556,31 @@ impl Accumulator {
     /// Removes the waiting (not in-flight) batches whose delivery timeout expired.
     pub fn expire(&mut self, now: Instant) -> Vec<ProducerBatch> {
         let mut expired = Vec::new();
-        for q in self.queues.values_mut() {
-            if !q.in_flight.is_empty() {
+        let mut reset = Vec::new();
+        for (tp, q) in self.queues.iter_mut() {
+            if q.in_flight > 0 {
                 continue;
             }
             while q.batches.front().is_some_and(|b| b.deadline <= now) {
                 if let Some(mut b) = q.batches.pop_front() {
                     b.close();
+                    if let Some(o) = b.order {
+                        q.unfinished.remove(&o);
+                    }
+                    if b.stamp.is_some() {
+                        reset.push(tp.clone());
+                    }
                     expired.push(b);
                 }
             }
         }
-        self.queues
-            .retain(|_, q| !q.batches.is_empty() || !q.in_flight.is_empty());
+        for tp in reset {
+            self.reset_sequences(&tp);
+        }
+        if !self.idempotent {
+            self.queues
+                .retain(|_, q| !q.batches.is_empty() || q.in_flight > 0);
+        }
         expired
     }
 
@@ -414,7 +590,7 @@ impl Accumulator {
         self.flushing += 1;
         let mut signals = Vec::new();
         for q in self.queues.values() {
-            signals.extend(q.in_flight.iter().cloned());
+            signals.extend(q.signals.iter().cloned());
             signals.extend(q.batches.iter().map(|b| b.done_rx.clone()));
         }
         signals
@@ -479,9 +655,10 @@ mod tests {
         );
         let taken = train.len();
         for b in train {
+            let order = b.order;
             b.succeed(Some(0));
+            a.finish(&tp, order);
         }
-        a.finish(&tp);
         let rest = a.take_train(&tp, usize::MAX);
         assert_eq!(rest.len() + taken, 10, "every batch is sent exactly once");
     }
@@ -537,7 +714,7 @@ mod tests {
         assert!(first.size_bytes() <= 200);
         // One batch in flight per partition: the second waits even though it exists.
         assert!(a.ready(t0 + Duration::from_secs(1)).partitions.is_empty());
-        a.finish(&first.tp);
+        a.finish(&first.tp, first.order);
         assert_eq!(a.ready(t0 + Duration::from_secs(1)).partitions.len(), 1);
     }
 
@@ -619,5 +796,103 @@ mod tests {
             0,
         ));
         assert!(matches!(e, ClientError::OutcomeUnknown { .. }));
+    }
+
+    fn identity(id: i64) -> Identity {
+        Identity {
+            producer_id: rafka_protocol::ProducerId(id),
+            epoch: rafka_protocol::ProducerEpoch(0),
+        }
+    }
+
+    fn stamp_of(b: &ProducerBatch) -> (i64, i32) {
+        let h = rafka_protocol::BatchHeader::parse(&b.bytes()).unwrap();
+        (h.producer_id.0, h.base_sequence.0)
+    }
+
+    /// Ten one-record batches of partition t-0 under idempotence.
+    fn idempotent_with_batches(
+        n: usize,
+    ) -> (Accumulator, Vec<oneshot::Receiver<Result<RecordMetadata>>>) {
+        let t0 = Instant::now();
+        let mut a = acc(100).with_idempotence(5);
+        let mut rxs = Vec::new();
+        let value = [1u8; 60];
+        for _ in 0..n {
+            let (r, rx) = record(&value);
+            a.append("t", Some(0), 1, r, t0).unwrap();
+            rxs.push(rx);
+        }
+        (a, rxs)
+    }
+
+    #[test]
+    fn idempotent_batches_wait_for_an_identity_then_carry_consecutive_sequences() {
+        let tp = TopicPartition::new("t", 0);
+        let (mut a, _rxs) = idempotent_with_batches(10);
+        assert!(a.needs_identity());
+        assert!(a.take(&tp).is_none(), "nothing goes before InitProducerId");
+        a.set_identity(identity(42));
+        let train = a.take_train(&tp, usize::MAX);
+        assert_eq!(
+            train.len(),
+            5,
+            "at most five batches of a partition in flight"
+        );
+        let stamps: Vec<_> = train.iter().map(stamp_of).collect();
+        assert_eq!(stamps, vec![(42, 0), (42, 1), (42, 2), (42, 3), (42, 4)]);
+        assert!(a.take(&tp).is_none(), "the in-flight limit is reached");
+        a.finish(&tp, train[0].order);
+        let next = a.take(&tp).expect("one slot freed");
+        assert_eq!(stamp_of(&next), (42, 5));
+    }
+
+    #[test]
+    fn a_retried_batch_keeps_its_sequence_and_goes_back_in_send_order_after_the_others_return() {
+        let tp = TopicPartition::new("t", 0);
+        let t0 = Instant::now();
+        let (mut a, _rxs) = idempotent_with_batches(6);
+        a.set_identity(identity(1));
+        let mut train = a.take_train(&tp, usize::MAX);
+        assert_eq!(train.len(), 5);
+        let mut third = train.remove(2);
+        let mut second = train.remove(1);
+        third.attempts += 1;
+        second.attempts += 1;
+        // Requeued out of order: the queue still puts them back in send order.
+        assert!(a.has_earlier_unfinished(&tp, third.order));
+        a.requeue(third, t0);
+        a.requeue(second, t0);
+        // Three batches are still in flight: the retries wait for them.
+        assert!(a.take(&tp).is_none());
+        for b in train {
+            a.finish(&tp, b.order);
+        }
+        let again = a.take_train(&tp, usize::MAX);
+        assert_eq!(again.len(), 1, "a retried batch goes alone");
+        assert_eq!(stamp_of(&again[0]), (1, 1));
+        a.finish(&tp, again[0].order);
+        // The second retry leads a train again, and the batch never sent rides behind it with
+        // the next fresh sequence.
+        let again = a.take_train(&tp, usize::MAX);
+        let stamps: Vec<_> = again.iter().map(stamp_of).collect();
+        assert_eq!(stamps, vec![(1, 2), (1, 5)]);
+        assert!(!a.has_earlier_unfinished(&tp, again[0].order));
+        assert!(a.has_earlier_unfinished(&tp, again[1].order));
+    }
+
+    #[test]
+    fn a_stamped_batch_failing_for_good_makes_the_partition_start_over_with_a_new_identity() {
+        let tp = TopicPartition::new("t", 0);
+        let (mut a, _rxs) = idempotent_with_batches(2);
+        a.set_identity(identity(7));
+        let first = a.take(&tp).unwrap();
+        a.finish(&tp, first.order);
+        a.reset_sequences(&tp);
+        assert!(a.needs_identity(), "a fresh producer id is needed");
+        assert!(a.take(&tp).is_none());
+        a.set_identity(identity(8));
+        let next = a.take(&tp).unwrap();
+        assert_eq!(stamp_of(&next), (8, 0));
     }
 }

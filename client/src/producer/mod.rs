@@ -5,8 +5,14 @@
 //! [`DeliveryFuture`] that resolves when the broker acknowledged the record (or the producer
 //! gave up). One background task, the [`sender`], owns sending: it drains ready batches,
 //! groups them by leader into produce requests and handles each partition's result on its
-//! own (retry, redirect, complete), keeping at most one batch in flight per partition so that
-//! retries never reorder a partition.
+//! own (retry, redirect, complete).
+//!
+//! Idempotence is on by default (as in Kafka since 3.0): the producer gets a producer id from
+//! the cluster (InitProducerId) and stamps every batch with it and a per-partition sequence
+//! number, so up to five batches per partition may be in flight and a retried batch is never
+//! appended twice nor out of order (the partition leader answers a duplicate with its
+//! original offsets). Without it, one request per partition is in flight so that retries
+//! cannot reorder records, and a retry after an ambiguous failure may duplicate.
 //!
 //! The producer stops when its last handle is dropped, after sending what was queued.
 
@@ -30,6 +36,10 @@ use crate::cluster::{ClientConfig, Cluster, BOOTSTRAP_DEFAULT};
 use crate::connection::{lock, ConnectionConfig};
 use crate::error::{ClientError, Result};
 use accumulator::{Accumulator, NewRecord};
+
+/// Batches of one partition in flight at most with idempotence: the partition leader
+/// remembers the last five batches of each producer, so a retry of any of them is recognised.
+pub const MAX_IN_FLIGHT_PER_PARTITION_IDEMPOTENT: usize = 5;
 
 /// Largest produce request the sender builds, well under the 16 MiB frame limit so protobuf
 /// overhead never pushes a request over it. A single record must fit in it.
@@ -69,6 +79,11 @@ pub struct ProducerConfig {
     pub batch_bytes: usize,
     /// Produce requests in flight per broker connection.
     pub max_in_flight: usize,
+    /// Idempotent delivery: retries never duplicate nor reorder records. Needs `acks=all`.
+    pub enable_idempotence: bool,
+    /// With idempotence, batches of one partition in flight at most (1..=5: the partition
+    /// leader remembers the last five batches of each producer).
+    pub max_in_flight_per_partition: usize,
     /// Attempts after the first; `None` retries until the delivery timeout.
     pub retries: Option<u32>,
     pub retry_backoff_ms: u64,
@@ -89,6 +104,8 @@ impl Default for ProducerConfig {
             linger_ms: 5,
             batch_bytes: 1 << 20,
             max_in_flight: 5,
+            enable_idempotence: true,
+            max_in_flight_per_partition: 5,
             retries: None,
             retry_backoff_ms: 100,
             request_timeout_ms: 30_000,
@@ -120,6 +137,22 @@ impl ProducerConfig {
         }
         if self.max_in_flight == 0 {
             return invalid("max_in_flight must be at least 1".into());
+        }
+        if self.enable_idempotence {
+            if self.acks != Acks::All {
+                return invalid(
+                    "idempotence needs acks=all (turn enable_idempotence off for acks 0 or 1)"
+                        .into(),
+                );
+            }
+            if !(1..=MAX_IN_FLIGHT_PER_PARTITION_IDEMPOTENT)
+                .contains(&self.max_in_flight_per_partition)
+            {
+                return invalid(format!(
+                    "max_in_flight_per_partition must be within 1..={MAX_IN_FLIGHT_PER_PARTITION_IDEMPOTENT} with idempotence, not {}",
+                    self.max_in_flight_per_partition
+                ));
+            }
         }
         if self.delivery_timeout_ms < self.linger_ms + self.request_timeout_ms {
             return invalid(format!(
@@ -241,11 +274,14 @@ impl Producer {
     pub fn new(config: ProducerConfig) -> Result<Producer> {
         config.validate()?;
         let cluster = Cluster::new(config.client_config())?;
-        let accumulator = Accumulator::new(
+        let mut accumulator = Accumulator::new(
             config.batch_bytes,
             Duration::from_millis(config.linger_ms),
             Duration::from_millis(config.delivery_timeout_ms),
         );
+        if config.enable_idempotence {
+            accumulator = accumulator.with_idempotence(config.max_in_flight_per_partition);
+        }
         let shared = Arc::new(Shared {
             cluster,
             memory: Arc::new(Semaphore::new(config.buffer_bytes_max)),

@@ -8,20 +8,29 @@
 //! That task handles each partition's result on its own: success completes the records,
 //! a retriable error puts the batch back at the head of its queue after a backoff (with the
 //! leader forgotten, or set from the NOT_LEADER hint), anything else fails the records.
-//! Requests in flight are bounded by the connection's semaphore and by "one batch in flight
-//! per partition".
+//! Requests in flight are bounded by the connection's semaphore and per partition by the
+//! accumulator (one request without idempotence, five batches with it).
+//!
+//! With idempotence, the loop first gets the producer's identity (InitProducerId, from any
+//! broker). An OUT_OF_ORDER_SEQUENCE_NUMBER is retried only while an earlier batch of the
+//! partition is unfinished (it has not reached the broker yet, and will fill the gap);
+//! otherwise it is fatal, and so is every other sequence error: never resent as new records,
+//! the mistake Redpanda #3039 describes. A batch that carried a sequence number and failed
+//! for good makes the partition start over with a fresh producer id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rafka_protocol::messages::{ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic};
-use rafka_protocol::ErrorCode;
+use rafka_protocol::messages::{
+    InitProducerIdRequest, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic,
+};
+use rafka_protocol::{ErrorCode, ProducerEpoch, ProducerId};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::accumulator::ProducerBatch;
+use super::accumulator::{Identity, ProducerBatch};
 use super::{Acks, Shared, REQUEST_BYTES_MAX};
 use crate::cluster::{BrokerId, TopicPartition};
 use crate::connection::lock;
@@ -33,6 +42,18 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(shared: Arc<Shared>) {
     loop {
+        if lock(&shared.accumulator).needs_identity() {
+            match init_producer_id(&shared).await {
+                Ok(identity) => {
+                    tracing::debug!(?identity, "producer identity");
+                    lock(&shared.accumulator).set_identity(identity);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "InitProducerId failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(shared.config.retry_backoff_ms)).await;
+                }
+            }
+        }
         let now = Instant::now();
         let mut by_broker: BTreeMap<BrokerId, Vec<Train>> = BTreeMap::new();
         let mut leaderless = false;
@@ -104,6 +125,34 @@ pub(super) async fn run(shared: Arc<Shared>) {
             _ = tokio::time::sleep_until(wake_at) => {}
         }
     }
+}
+
+/// Asks any broker for a producer id and epoch.
+async fn init_producer_id(shared: &Shared) -> Result<Identity, ClientError> {
+    let resp = shared
+        .cluster
+        .send_any(InitProducerIdRequest {
+            transactional_id: String::new(),
+            transaction_timeout_ms: 0,
+        })
+        .await?;
+    let code = ErrorCode::from_code(resp.error_code);
+    if !code.is_ok() {
+        return Err(ClientError::Broker {
+            code,
+            message: resp.error_message,
+            topic: None,
+            partition: None,
+        });
+    }
+    let epoch = i16::try_from(resp.producer_epoch).map_err(|_| ClientError::Protocol {
+        addr: String::new(),
+        reason: format!("producer epoch {} out of range", resp.producer_epoch),
+    })?;
+    Ok(Identity {
+        producer_id: ProducerId(resp.producer_id),
+        epoch: ProducerEpoch(epoch),
+    })
 }
 
 /// Consecutive batches of one partition sent as one append (see `Accumulator::take_train`).
@@ -257,12 +306,28 @@ fn handle_response(shared: &Shared, batches: Vec<Train>, response: ProduceRespon
         };
         let code = ErrorCode::from_code(r.error_code);
         if code.is_ok() {
+            if r.batch_base_offsets.len() == train.len() {
+                // An idempotent retry: some batches were appended by an earlier attempt.
+                for (b, base) in train.into_iter().zip(r.batch_base_offsets) {
+                    complete(shared, b, Some(base));
+                }
+                continue;
+            }
             // Offsets are dense: each batch starts where the previous one ended.
             let mut base = r.base_offset;
             for b in train {
                 let records = b.record_count() as u64;
                 complete(shared, b, Some(base));
                 base += records;
+            }
+            continue;
+        }
+        if code == ErrorCode::DuplicateSequenceNumber {
+            // Appended by an attempt so long ago that the leader no longer knows where: the
+            // records are in the log exactly once, at offsets this producer cannot learn.
+            tracing::warn!(%tp, "duplicate of a batch older than the broker remembers");
+            for b in train {
+                complete(shared, b, None);
             }
             continue;
         }
@@ -278,10 +343,10 @@ fn handle_response(shared: &Shared, batches: Vec<Train>, response: ProduceRespon
 }
 
 fn complete(shared: &Shared, batch: ProducerBatch, base_offset: Option<u64>) {
-    let tp = batch.tp.clone();
+    let (tp, order) = (batch.tp.clone(), batch.order);
     release(shared, batch.reserved_bytes);
     batch.succeed(base_offset);
-    lock(&shared.accumulator).finish(&tp);
+    lock(&shared.accumulator).finish(&tp, order);
     shared.wake.notify_one();
 }
 
@@ -297,7 +362,12 @@ fn handle_failure(shared: &Shared, mut batch: ProducerBatch, error: ClientError)
         .config
         .retries
         .is_none_or(|max| batch.attempts <= max);
-    let retriable = error.is_retriable() || matches!(error, ClientError::Protocol { .. });
+    // A sequence gap behind an earlier batch that is still on its way (or being retried) closes
+    // once that batch lands; with nothing earlier outstanding it is a real gap, and fatal.
+    let gap_behind_earlier = error.code() == Some(ErrorCode::OutOfOrderSequenceNumber)
+        && lock(&shared.accumulator).has_earlier_unfinished(&batch.tp, batch.order);
+    let retriable =
+        error.is_retriable() || matches!(error, ClientError::Protocol { .. }) || gap_behind_earlier;
     tracing::debug!(tp = %batch.tp, attempt = batch.attempts, %error, "produce attempt failed");
     if retriable && retries_left && now + backoff < batch.deadline {
         if error.needs_metadata_refresh() && error.code() != Some(ErrorCode::NotLeader) {
@@ -308,10 +378,15 @@ fn handle_failure(shared: &Shared, mut batch: ProducerBatch, error: ClientError)
         shared.wake.notify_one();
         return;
     }
-    let tp = batch.tp.clone();
+    let (tp, order, stamped) = (batch.tp.clone(), batch.order, batch.stamp.is_some());
     let final_error = batch.final_error(error);
     release(shared, batch.reserved_bytes);
     batch.fail(final_error);
-    lock(&shared.accumulator).finish(&tp);
+    let mut acc = lock(&shared.accumulator);
+    acc.finish(&tp, order);
+    if stamped {
+        acc.reset_sequences(&tp);
+    }
+    drop(acc);
     shared.wake.notify_one();
 }
