@@ -74,6 +74,18 @@ const CREATE_LEADERS_WAIT: Duration = Duration::from_secs(15);
 const KIND_PROPOSE: u8 = transport::kind::BROKER_BASE;
 const KIND_HINTS: u8 = transport::kind::BROKER_BASE + 1;
 const KIND_YIELD: u8 = transport::kind::BROKER_BASE + 2;
+const KIND_TXN_MARKER: u8 = transport::kind::BROKER_BASE + 3;
+
+/// A transaction coordinator's request to a partition leader: append a marker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MarkerRequest {
+    topic: String,
+    partition: u32,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    timeout_ms: u64,
+}
 
 /// How often the preferred-leader balancer looks for partitions led by another replica.
 const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(5);
@@ -126,6 +138,25 @@ impl Partition {
     /// The exclusive upper bound of what readers may see: the end of the committed prefix.
     pub fn high_watermark(&self) -> Offset {
         *self.high_watermark.borrow()
+    }
+
+    /// The exclusive bound read_committed readers may see: the first offset of the oldest
+    /// open transaction, or the high watermark when none is open.
+    pub fn last_stable_offset(&self) -> Offset {
+        let hw = self.high_watermark();
+        match self.producers.table().first_unstable_offset() {
+            Some(first) if first < hw.0 => Offset(first),
+            _ => hw,
+        }
+    }
+
+    /// Aborted transactions with records in `from..to`.
+    pub fn aborted_between(
+        &self,
+        from: Offset,
+        to: Offset,
+    ) -> Vec<crate::replica::producers::AbortedTxn> {
+        self.producers.table().aborted_between(from.0, to.0)
     }
 
     /// A receiver that changes whenever the high watermark moves.
@@ -323,31 +354,7 @@ impl Partition {
                 Slot::InFlight(id) => self.wait_applied(&id, deadline).await,
                 Slot::Proposed(s) => s.wait(&self.shared, deadline).await,
             };
-            // A refusal before anything was proposed is NOT_LEADER (safe to retry elsewhere);
-            // anything later is an unknown outcome: the batch may still be committed.
-            bases.push(outcome.map_err(|e| match e {
-                WriteFailure::Write(ClientWriteError::ForwardToLeader(f)) if i == 0 => {
-                    Error::NotLeader {
-                        what: format!("{}-{}", self.topic, self.index),
-                        leader: f.leader_id.filter(|l| *l != self.node_id),
-                    }
-                }
-                WriteFailure::Stopped(_) if i == 0 => Error::NotLeader {
-                    what: format!("{}-{}", self.topic, self.index),
-                    leader: None,
-                },
-                WriteFailure::Write(e) => {
-                    Error::OutcomeUnknown(format!("batch {} of {count}: {e}", i + 1))
-                }
-                WriteFailure::Stopped(e) => {
-                    Error::OutcomeUnknown(format!("batch {} of {count}: {e}", i + 1))
-                }
-                WriteFailure::TimedOut(t) => Error::OutcomeUnknown(format!(
-                    "batch {} of {count} not done within {} ms",
-                    i + 1,
-                    t.as_millis()
-                )),
-            })?);
+            bases.push(outcome.map_err(|e| self.write_error(e, i, count))?);
         }
         metrics::histogram!("rafka_commit_latency_seconds").record(started.elapsed().as_secs_f64());
         let base_offset = bases.first().copied().unwrap_or_default();
@@ -364,6 +371,72 @@ impl Partition {
                 bases.iter().map(|o| o.0).collect()
             },
         })
+    }
+
+    /// The error for batch `i` of `count` that has no answer. A refusal before anything was
+    /// proposed is NOT_LEADER (safe to retry elsewhere); anything later is an unknown outcome:
+    /// the batch may still be committed.
+    fn write_error(&self, e: WriteFailure, i: usize, count: usize) -> Error {
+        match e {
+            WriteFailure::Write(ClientWriteError::ForwardToLeader(f)) if i == 0 => {
+                Error::NotLeader {
+                    what: format!("{}-{}", self.topic, self.index),
+                    leader: f.leader_id.filter(|l| *l != self.node_id),
+                }
+            }
+            WriteFailure::Stopped(_) if i == 0 => Error::NotLeader {
+                what: format!("{}-{}", self.topic, self.index),
+                leader: None,
+            },
+            WriteFailure::Write(e) => {
+                Error::OutcomeUnknown(format!("batch {} of {count}: {e}", i + 1))
+            }
+            WriteFailure::Stopped(e) => {
+                Error::OutcomeUnknown(format!("batch {} of {count}: {e}", i + 1))
+            }
+            WriteFailure::TimedOut(t) => Error::OutcomeUnknown(format!(
+                "batch {} of {count} not done within {} ms",
+                i + 1,
+                t.as_millis()
+            )),
+        }
+    }
+
+    /// Appends a transaction marker (COMMIT or ABORT) for `producer_id` and waits until it is
+    /// committed. `epoch` is the producer's epoch after the transaction (bumped by its end):
+    /// from the marker on, the partition refuses the transaction's epoch.
+    pub async fn write_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        timeout: Duration,
+    ) -> Result<Offset> {
+        self.ensure_leader()?;
+        let marker = rafka_protocol::batch::transaction_marker(
+            rafka_protocol::ProducerId(producer_id),
+            rafka_protocol::ProducerEpoch(epoch),
+            commit,
+            rafka_protocol::Timestamp::now(),
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        let submitted = {
+            let mut pending = self.producers.pending.lock().await;
+            self.ensure_leader()?;
+            pending.begin(self.ready_term()?);
+            pending.fence(producer_id, epoch);
+            self.submit(marker, false).await
+        };
+        let offset = submitted
+            .wait(&self.shared, deadline)
+            .await
+            .map_err(|e| self.write_error(e, 0, 1))?;
+        metrics::counter!(
+            "rafka_txn_markers_total",
+            "result" => if commit { "commit" } else { "abort" }
+        )
+        .increment(1);
+        Ok(offset)
     }
 
     /// The current term, once this leader has applied an entry of its own term, so that its
@@ -504,11 +577,14 @@ impl Partition {
     /// snapshot and continues from the new log start). Each call purges what the latest
     /// snapshot covers and asks for a newer one if the cut lies beyond it.
     ///
-    /// A partition of `__consumer_offsets` has no time or size retention: it is cut below
+    /// A partition of `__consumer_offsets` or `__transaction_state` has no time or size
+    /// retention: it is cut below
     /// the segment holding its latest committed coordinator snapshot instead (see
     /// [`crate::group::records::snapshot_cut`]), on every replica alike.
     pub async fn enforce_retention(&self, now: rafka_protocol::Timestamp) -> Result<()> {
-        let cut = if self.topic == rafka_protocol::api::OFFSETS_TOPIC {
+        let coordinator_log = self.topic == rafka_protocol::api::OFFSETS_TOPIC
+            || self.topic == rafka_protocol::api::TRANSACTION_STATE_TOPIC;
+        let cut = if coordinator_log {
             let log = Arc::clone(&self.log);
             let hw = self.high_watermark();
             crate::server::blocking(move || crate::group::records::snapshot_cut(&log, hw)).await?
@@ -1019,6 +1095,74 @@ impl Cluster {
                     leader: f.leader_id,
                 })
             }
+            Err(e) => Err(Error::OutcomeUnknown(e.to_string())),
+        }
+    }
+
+    /// Has the leader of `topic`-`partition` append a transaction marker (locally, or through
+    /// the peer connection to the leader) and waits until it is committed.
+    pub async fn write_txn_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        let state = self.state();
+        let Some(record) = state.topics.get(topic) else {
+            return Err(Error::UnknownTopicOrPartition(format!(
+                "{topic}-{partition}"
+            )));
+        };
+        if partition as usize >= record.partitions.len() {
+            return Err(Error::UnknownTopicOrPartition(format!(
+                "{topic}-{partition}"
+            )));
+        }
+        if let Ok(p) = self.partition(topic, partition) {
+            if p.is_leader() {
+                return p
+                    .write_marker(producer_id, epoch, commit, timeout)
+                    .await
+                    .map(|_| ());
+            }
+        }
+        let Some(leader) = self
+            .view(record, partition)
+            .leader
+            .filter(|l| *l != self.node_id)
+        else {
+            return Err(Error::NotLeader {
+                what: format!("{topic}-{partition}"),
+                leader: None,
+            });
+        };
+        let req = MarkerRequest {
+            topic: topic.to_string(),
+            partition,
+            producer_id,
+            epoch,
+            commit,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let r: std::result::Result<std::result::Result<(), (i32, String)>, _> = self
+            .transport
+            .call_typed(
+                leader,
+                KIND_TXN_MARKER,
+                GroupId::CONTROLLER,
+                &req,
+                timeout + Duration::from_secs(1),
+            )
+            .await;
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((code, msg))) if code == ErrorCode::UnknownTopicOrPartition.code() => {
+                Err(Error::UnknownTopicOrPartition(msg))
+            }
+            Ok(Err((code, msg))) => Err(Error::Refused(ErrorCode::from_code(code), msg)),
             Err(e) => Err(Error::OutcomeUnknown(e.to_string())),
         }
     }
@@ -1583,6 +1727,26 @@ impl Handler for PeerHandler {
                         _ => false,
                     };
                     match transport::encode(&agreed) {
+                        Ok(b) => Reply::Ok(b),
+                        Err(e) => Reply::Error(e.to_string()),
+                    }
+                }
+                KIND_TXN_MARKER => {
+                    let req: MarkerRequest = match transport::decode(&payload) {
+                        Ok(r) => r,
+                        Err(e) => return Reply::Error(e.to_string()),
+                    };
+                    let timeout = Duration::from_millis(req.timeout_ms.min(60_000));
+                    let outcome: std::result::Result<(), (i32, String)> =
+                        match cluster.partition(&req.topic, req.partition) {
+                            Ok(p) => p
+                                .write_marker(req.producer_id, req.epoch, req.commit, timeout)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| (e.error_code().code(), e.to_string())),
+                            Err(e) => Err((e.error_code().code(), e.to_string())),
+                        };
+                    match transport::encode(&outcome) {
                         Ok(b) => Reply::Ok(b),
                         Err(e) => Reply::Error(e.to_string()),
                     }

@@ -8,6 +8,7 @@
 //!   (each a Raft group), the peer endpoint, leader hints, the data directory layout.
 //! - [`replica`]: openraft storage over the log, and the partition and controller state machines.
 //! - [`group`]: the consumer-group coordinator on the internal `__consumer_offsets` topic.
+//! - [`txn`]: the transaction coordinator on the internal `__transaction_state` topic.
 //! - [`topics`]: topic rules: names, limits, config keys and how overrides combine.
 //! - [`server`]: the client protocol listener, connections, and one handler per API.
 //! - [`http`]: `/metrics`, `/health` and `/ready`.
@@ -27,5 +28,6 @@ pub mod node;
 pub mod replica;
 pub mod server;
 pub mod topics;
+pub mod txn;
 
 pub use error::{Error, ErrorClass, Result};

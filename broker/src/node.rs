@@ -113,7 +113,18 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
         shutdown: shutdown_rx.clone(),
         ready: AtomicBool::new(false),
         groups: crate::group::Coordinator::new(Arc::clone(&cluster), group_config),
+        txns: crate::txn::Coordinator::new(Arc::clone(&cluster), crate::txn::TxnConfig::default()),
     });
+    {
+        // Markers on `__consumer_offsets` settle transactional offsets in the group
+        // coordinator.
+        let groups = Arc::clone(&ctx.groups);
+        ctx.txns
+            .set_offsets_marker_hook(Arc::new(move |index, producer_id, commit| {
+                let groups = Arc::clone(&groups);
+                Box::pin(async move { groups.on_txn_marker(index, producer_id, commit).await })
+            }));
+    }
     let server = Server::bind(Arc::clone(&ctx))
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", ctx.config.listen))?;
@@ -138,6 +149,7 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&ctx), metrics));
     let server_task = tokio::spawn(server.run());
     let coordinator = tokio::spawn(Arc::clone(&ctx.groups).run(shutdown_rx.clone()));
+    let txn_coordinator = tokio::spawn(Arc::clone(&ctx.txns).run(shutdown_rx.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -151,6 +163,7 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
     let _ = elections.await;
     let _ = balancer.await;
     let _ = coordinator.await;
+    let _ = txn_coordinator.await;
     cluster.shutdown().await;
     if let Some(t) = peer_task {
         t.abort();

@@ -25,10 +25,14 @@ pub enum ApiKey {
     ListGroups = 13,
     DescribeGroup = 14,
     InitProducerId = 15,
+    AddPartitionsToTxn = 16,
+    AddOffsetsToTxn = 17,
+    TxnOffsetCommit = 18,
+    EndTxn = 19,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 16] = [
+    pub const ALL: [ApiKey; 20] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -45,6 +49,10 @@ impl ApiKey {
         ApiKey::ListGroups,
         ApiKey::DescribeGroup,
         ApiKey::InitProducerId,
+        ApiKey::AddPartitionsToTxn,
+        ApiKey::AddOffsetsToTxn,
+        ApiKey::TxnOffsetCommit,
+        ApiKey::EndTxn,
     ];
 
     pub fn from_u32(key: u32) -> Option<ApiKey> {
@@ -70,6 +78,10 @@ impl ApiKey {
             ApiKey::ListGroups => "list_groups",
             ApiKey::DescribeGroup => "describe_group",
             ApiKey::InitProducerId => "init_producer_id",
+            ApiKey::AddPartitionsToTxn => "add_partitions_to_txn",
+            ApiKey::AddOffsetsToTxn => "add_offsets_to_txn",
+            ApiKey::TxnOffsetCommit => "txn_offset_commit",
+            ApiKey::EndTxn => "end_txn",
         }
     }
 
@@ -111,6 +123,10 @@ requests! {
     ListGroupsRequest => ListGroupsResponse: ListGroups,
     DescribeGroupRequest => DescribeGroupResponse: DescribeGroup,
     InitProducerIdRequest => InitProducerIdResponse: InitProducerId,
+    AddPartitionsToTxnRequest => AddPartitionsToTxnResponse: AddPartitionsToTxn,
+    AddOffsetsToTxnRequest => AddOffsetsToTxnResponse: AddOffsetsToTxn,
+    TxnOffsetCommitRequest => TxnOffsetCommitResponse: TxnOffsetCommit,
+    EndTxnRequest => EndTxnResponse: EndTxn,
 }
 
 /// `acks` values of a produce request.
@@ -140,3 +156,27 @@ pub mod member_epoch {
 
 /// The name of the internal topic holding consumer-group state and committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The name of the internal topic holding transaction state.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// `key_type` of a FindCoordinator request.
+pub mod coordinator_type {
+    pub const GROUP: i32 = 0;
+    pub const TRANSACTION: i32 = 1;
+}
+
+/// `isolation_level` of a Fetch request.
+pub mod isolation {
+    /// Everything up to the high watermark, open and aborted transactions included.
+    pub const READ_UNCOMMITTED: i32 = 0;
+    /// Only up to the last stable offset, without aborted transactions' records.
+    pub const READ_COMMITTED: i32 = 1;
+}
+
+/// Control record types of transaction markers (Kafka's: the control record key is
+/// version 0 then this type, both big-endian i16).
+pub mod control_type {
+    pub const ABORT: i16 = 0;
+    pub const COMMIT: i16 = 1;
+}

@@ -727,6 +727,51 @@ impl BatchBuilder {
     }
 }
 
+/// The key of a control record: version 0, then the control type (both big-endian i16).
+pub fn control_key(control_type: i16) -> [u8; 4] {
+    let mut key = [0u8; 4];
+    key[2..4].copy_from_slice(&control_type.to_be_bytes());
+    key
+}
+
+/// The control type of a control record's key, if it is one.
+pub fn control_type(key: &[u8]) -> Option<i16> {
+    match key {
+        [0, 0, hi, lo] => Some(i16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
+}
+
+/// A transaction marker: a control batch of one record (COMMIT or ABORT) ending producer
+/// `producer_id`'s transaction on a partition, stamped with the epoch the transaction ended
+/// with. The value is Kafka's (version 0, then the coordinator epoch, which Rafka leaves 0).
+pub fn transaction_marker(
+    producer_id: ProducerId,
+    epoch: ProducerEpoch,
+    commit: bool,
+    timestamp: Timestamp,
+) -> Bytes {
+    let mut b = BatchBuilder::new(BatchOptions {
+        producer_id,
+        producer_epoch: epoch,
+        transactional: true,
+        control: true,
+        ..BatchOptions::default()
+    });
+    let kind = if commit {
+        crate::api::control_type::COMMIT
+    } else {
+        crate::api::control_type::ABORT
+    };
+    b.append(
+        Some(timestamp),
+        Some(&control_key(kind)),
+        Some(&[0u8; 6]),
+        &[],
+    );
+    b.build()
+}
+
 fn put_nullable(buf: &mut Vec<u8>, field: Option<&[u8]>) {
     match field {
         None => put_varint(buf, -1),

@@ -67,6 +67,14 @@ pub enum ErrorCode {
     /// A new partition leader is still applying its predecessors' entries and cannot check
     /// sequence numbers yet; nothing was appended.
     LeaderNotReady,
+    /// The request does not fit the transaction's state (EndTxn without a transaction, a
+    /// commit of a transaction being aborted, a transactional write to a partition not added).
+    InvalidTxnState,
+    /// The previous transaction of this producer is still completing (its markers are being
+    /// written): retry shortly.
+    ConcurrentTransactions,
+    /// The transaction timeout asked for is outside what the broker allows.
+    InvalidTransactionTimeout,
     /// A code this build does not know (from a newer peer).
     Unknown(i32),
 }
@@ -109,6 +117,9 @@ impl ErrorCode {
             ErrorCode::InvalidProducerEpoch => 31,
             ErrorCode::UnknownProducerId => 32,
             ErrorCode::LeaderNotReady => 33,
+            ErrorCode::InvalidTxnState => 34,
+            ErrorCode::ConcurrentTransactions => 35,
+            ErrorCode::InvalidTransactionTimeout => 36,
             ErrorCode::Unknown(c) => c,
         }
     }
@@ -149,6 +160,9 @@ impl ErrorCode {
             31 => ErrorCode::InvalidProducerEpoch,
             32 => ErrorCode::UnknownProducerId,
             33 => ErrorCode::LeaderNotReady,
+            34 => ErrorCode::InvalidTxnState,
+            35 => ErrorCode::ConcurrentTransactions,
+            36 => ErrorCode::InvalidTransactionTimeout,
             c => ErrorCode::Unknown(c),
         }
     }
@@ -173,6 +187,7 @@ impl ErrorCode {
                 | ErrorCode::CoordinatorNotAvailable
                 | ErrorCode::CoordinatorLoadInProgress
                 | ErrorCode::LeaderNotReady
+                | ErrorCode::ConcurrentTransactions
         )
     }
 
@@ -213,6 +228,9 @@ impl ErrorCode {
             ErrorCode::InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
             ErrorCode::UnknownProducerId => "UNKNOWN_PRODUCER_ID",
             ErrorCode::LeaderNotReady => "LEADER_NOT_READY",
+            ErrorCode::InvalidTxnState => "INVALID_TXN_STATE",
+            ErrorCode::ConcurrentTransactions => "CONCURRENT_TRANSACTIONS",
+            ErrorCode::InvalidTransactionTimeout => "INVALID_TRANSACTION_TIMEOUT",
             ErrorCode::Unknown(_) => "UNKNOWN_CODE",
         }
     }
@@ -231,7 +249,7 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_distinct() {
         let mut seen = std::collections::HashSet::new();
-        for c in 0..34 {
+        for c in 0..37 {
             let e = ErrorCode::from_code(c);
             assert_eq!(e.code(), c);
             assert!(seen.insert(e.name()), "duplicate name for {c}");

@@ -3,6 +3,9 @@
 //! broker has already applied lose their answers (the ambiguous case clients must handle).
 //!
 //! Cut points come from a seeded generator: a failing test replays with the same seed.
+//!
+//! [`LinkProxy`] cuts and heals broker-to-broker links; [`HoldProxy`] delays what a client
+//! sends until the test releases it (a request delivered late).
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -270,5 +273,80 @@ async fn link_accept(
             // Both sockets were moved into `forward`, which is dropped by now: closed.
             stats.live.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+}
+
+/// A proxy that can hold back what clients send: while held, requests are read from the client
+/// but not forwarded until [`HoldProxy::release`], so a test can deliver a request late (after
+/// later requests went another way). Answers always flow.
+pub struct HoldProxy {
+    pub addr: SocketAddr,
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl HoldProxy {
+    /// Listens on an ephemeral 127.0.0.1 port and forwards to `upstream`.
+    pub async fn start(upstream: String) -> HoldProxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind hold proxy");
+        let addr = listener.local_addr().expect("hold proxy addr");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let mut hold = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if hold.wait_for(|h| !*h).await.is_err() {
+                                break;
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        HoldProxy {
+            addr,
+            hold: Arc::new(tx),
+            accept,
+        }
+    }
+
+    /// From now on, what clients send waits in the proxy.
+    pub fn hold(&self) {
+        self.hold.send_replace(true);
+    }
+
+    /// Forwards everything held, and everything after it.
+    pub fn release(&self) {
+        self.hold.send_replace(false);
+    }
+}
+
+impl Drop for HoldProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
     }
 }

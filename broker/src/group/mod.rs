@@ -111,6 +111,46 @@ fn group_error_code(e: &GroupError) -> ErrorCode {
     }
 }
 
+/// FindCoordinator's answer for a coordinator that is the leader of `topic`-`p` (an internal
+/// topic: `__consumer_offsets` or `__transaction_state`).
+pub(crate) fn coordinator_at(cluster: &Cluster, topic: &str, p: u32) -> FindCoordinatorResponse {
+    let fail = |(code, msg): Refusal| FindCoordinatorResponse {
+        error_code: code.code(),
+        error_message: msg,
+        node_id: -1,
+        host: String::new(),
+        port: 0,
+    };
+    let state = cluster.state();
+    let Some(record) = state.topics.get(topic) else {
+        return fail((
+            ErrorCode::CoordinatorNotAvailable,
+            format!("{topic} does not exist yet"),
+        ));
+    };
+    let view = cluster.view(record, p);
+    let Some(leader) = view.leader else {
+        return fail((
+            ErrorCode::CoordinatorNotAvailable,
+            format!("{topic}-{p} has no leader yet"),
+        ));
+    };
+    let Some(addr) = state.brokers.get(&leader).map(|b| b.client_addr.clone()) else {
+        return fail((
+            ErrorCode::CoordinatorNotAvailable,
+            format!("broker {leader} has not registered yet"),
+        ));
+    };
+    let (host, port) = crate::server::metadata::host_port(&addr);
+    FindCoordinatorResponse {
+        error_code: 0,
+        error_message: String::new(),
+        node_id: leader as i32,
+        host,
+        port,
+    }
+}
+
 /// A refusal as carried in a response: code and message.
 type Refusal = (ErrorCode, String);
 
@@ -151,6 +191,8 @@ pub struct Shard {
 #[derive(Default)]
 struct ShardState {
     groups: BTreeMap<String, Group>,
+    /// Offsets committed inside transactions that are still open.
+    pending: records::TxnPending,
     /// Bytes of records written (or replayed) since the last snapshot, and that snapshot's
     /// size.
     bytes_since_snapshot: u64,
@@ -178,7 +220,7 @@ impl Shard {
         let segment_bytes = self.partition.log.config().segment_bytes;
         if st.bytes_since_snapshot >= (segment_bytes / 2).max(2 * st.last_snapshot_bytes) {
             // `groups` already holds this change, so the snapshot covers it too.
-            records.push(records::snapshot(&st.groups));
+            records.push(records::snapshot(&st.groups, &st.pending));
             batch = records::encode(&records);
             st.last_snapshot_bytes = batch.len() as u64;
             st.bytes_since_snapshot = 0;
@@ -222,6 +264,7 @@ impl Shard {
         let part = Arc::clone(&self.partition);
         let replay = crate::server::blocking(move || {
             let mut groups = BTreeMap::new();
+            let mut pending = records::TxnPending::new();
             let (mut count, mut bytes) = (0u64, 0u64);
             records::read_committed(&part.log, part.high_watermark(), |at, batches| {
                 bytes += batches.len() as u64;
@@ -232,17 +275,18 @@ impl Shard {
                 })?;
                 count += recs.len() as u64;
                 for r in recs {
-                    records::apply(&mut groups, r);
+                    records::apply(&mut groups, &mut pending, r);
                 }
                 Ok(())
             })?;
-            Ok((groups, count, bytes))
+            Ok((groups, pending, count, bytes))
         })
         .await;
         match replay {
-            Ok((groups, count, bytes)) => {
+            Ok((groups, pending, count, bytes)) => {
                 let now = Instant::now();
                 st.groups = groups;
+                st.pending = pending;
                 for g in st.groups.values_mut() {
                     g.start_sessions(now);
                 }
@@ -371,7 +415,7 @@ impl Coordinator {
             host: String::new(),
             port: 0,
         };
-        if req.key_type != 0 {
+        if req.key_type != rafka_protocol::api::coordinator_type::GROUP {
             return fail((
                 ErrorCode::InvalidRequest,
                 format!("unknown coordinator key type {}", req.key_type),
@@ -384,36 +428,7 @@ impl Coordinator {
             Ok(n) => n,
             Err(r) => return fail(r),
         };
-        let state = self.cluster.state();
-        let Some(topic) = state.topics.get(OFFSETS_TOPIC) else {
-            return fail((
-                ErrorCode::CoordinatorNotAvailable,
-                "no offsets topic".into(),
-            ));
-        };
-        let p = partition_for(&req.key, n);
-        let view = self.cluster.view(topic, p);
-        let Some(leader) = view.leader else {
-            return fail((
-                ErrorCode::CoordinatorNotAvailable,
-                format!("{OFFSETS_TOPIC}-{p} has no leader yet"),
-            ));
-        };
-        let addr = state.brokers.get(&leader).map(|b| b.client_addr.clone());
-        let Some(addr) = addr else {
-            return fail((
-                ErrorCode::CoordinatorNotAvailable,
-                format!("broker {leader} has not registered yet"),
-            ));
-        };
-        let (host, port) = crate::server::metadata::host_port(&addr);
-        FindCoordinatorResponse {
-            error_code: 0,
-            error_message: String::new(),
-            node_id: leader as i32,
-            host,
-            port,
-        }
+        coordinator_at(&self.cluster, OFFSETS_TOPIC, partition_for(&req.key, n))
     }
 
     /// The loaded shard that holds `group`, or why there is none here.
@@ -602,6 +617,110 @@ impl Coordinator {
                 error_message: msg,
             },
         }
+    }
+
+    /// TxnOffsetCommit: offsets that count only if producer `producer_id`'s transaction
+    /// commits. Checked like an OffsetCommit (the member must own the partitions), and the
+    /// producer's epoch must not be behind the partition's (a fenced producer is refused).
+    pub async fn txn_commit(&self, req: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
+        let outcome = async {
+            let shard = self.shard_for(&req.group_id)?;
+            let sizes = self.topic_size();
+            let now_ms = rafka_protocol::Timestamp::now().as_millis();
+            let epoch = i16::try_from(req.producer_epoch).map_err(|_| {
+                (
+                    ErrorCode::InvalidRequest,
+                    format!("producer epoch {} is out of range", req.producer_epoch),
+                )
+            })?;
+            if req.producer_id < 0 || epoch < 0 {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    "a transactional offset commit needs a producer id and epoch".into(),
+                ));
+            }
+            let mut offsets = Vec::new();
+            for t in &req.topics {
+                for p in &t.partitions {
+                    if sizes(&t.name).is_none_or(|n| p.partition >= n) {
+                        return Err((
+                            ErrorCode::UnknownTopicOrPartition,
+                            format!("unknown partition {}-{}", t.name, p.partition),
+                        ));
+                    }
+                    offsets.push((
+                        (t.name.clone(), p.partition),
+                        Committed {
+                            offset: p.offset,
+                            metadata: p.metadata.clone(),
+                            timestamp_ms: now_ms,
+                        },
+                    ));
+                }
+            }
+            let mut st = shard.state.lock().await;
+            if !shard.usable() {
+                return Err((ErrorCode::NotCoordinator, "coordinator moved".into()));
+            }
+            // Markers carry the epoch after their transaction: one at or above this request's
+            // epoch means its transaction has ended (or another instance took over).
+            let known = shard
+                .partition
+                .producers
+                .table()
+                .get(req.producer_id)
+                .map(|e| e.epoch);
+            if known.is_some_and(|k| epoch < k) {
+                return Err((
+                    ErrorCode::InvalidProducerEpoch,
+                    format!(
+                        "producer {} epoch {epoch} is fenced (the partition has epoch {})",
+                        req.producer_id,
+                        known.unwrap_or_default()
+                    ),
+                ));
+            }
+            let tps: Vec<Tp> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
+            let group = st.groups.entry(req.group_id.clone()).or_default();
+            group
+                .check_commit(&req.member_id, req.member_epoch, &tps)
+                .map_err(|e| (group_error_code(&e), e.to_string()))?;
+            st.pending
+                .entry(req.producer_id)
+                .or_default()
+                .push((req.group_id.clone(), offsets.clone()));
+            let rec = CoordRecord::TxnOffsets {
+                producer_id: req.producer_id,
+                group: req.group_id.clone(),
+                offsets,
+            };
+            shard.write(&mut st, vec![rec], &self.config).await
+        }
+        .await;
+        let (error_code, error_message) = match outcome {
+            Ok(()) => (0, String::new()),
+            Err((code, msg)) => (code.code(), msg),
+        };
+        TxnOffsetCommitResponse {
+            error_code,
+            error_message,
+        }
+    }
+
+    /// A transaction marker for `producer_id` is committed on partition `index` of
+    /// `__consumer_offsets`: its pending offsets are committed or dropped. If this broker
+    /// does not hold the shard loaded, its next load replays the marker instead.
+    pub async fn on_txn_marker(&self, index: u32, producer_id: i64, commit: bool) {
+        let shard = self.shards().get(&index).cloned();
+        let Some(shard) = shard else { return };
+        if !shard.usable() || !shard.loaded.load(Ordering::Acquire) {
+            return;
+        }
+        let mut st = shard.state.lock().await;
+        let ShardState {
+            groups, pending, ..
+        } = &mut *st;
+        records::settle(groups, pending, producer_id, commit);
     }
 
     /// OffsetFetch.

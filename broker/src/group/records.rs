@@ -2,6 +2,11 @@
 //! per record (keyed by group id), so the log can be read with any consumer when debugging.
 //! Replaying the records of a partition in order rebuilds every group it holds; a `snapshot`
 //! record replaces everything before it.
+//!
+//! Offsets committed inside a transaction (TxnOffsetCommit) are written as `txn_offsets`
+//! records and held aside per producer id ([`TxnPending`]) until the transaction's COMMIT or
+//! ABORT marker (a control batch the transaction coordinator had appended to this partition)
+//! settles them: replay reads those markers as [`CoordRecord::TxnMarker`].
 
 use std::collections::BTreeMap;
 
@@ -30,12 +35,32 @@ pub enum CoordRecord {
     Group { group: String, meta: GroupMeta },
     /// A group with neither members nor offsets is forgotten.
     Removed { group: String },
-    /// Every group of the partition: replaces all earlier records.
-    Snapshot { groups: Vec<SnapshotGroup> },
+    /// Every group of the partition, and the offsets of open transactions: replaces all
+    /// earlier records.
+    Snapshot {
+        groups: Vec<SnapshotGroup>,
+        #[serde(default)]
+        pending: Vec<(i64, Vec<GroupOffsets>)>,
+    },
     /// Written by a new coordinator before it reads the log: once it is committed, every
     /// earlier record is committed too and in this replica's log.
     Barrier { node: u64, term: u64 },
+    /// Offsets of a group committed inside producer `producer_id`'s open transaction.
+    TxnOffsets {
+        producer_id: i64,
+        group: String,
+        offsets: Vec<(Tp, Committed)>,
+    },
+    /// Never written as a record: how replay presents a transaction marker in the log.
+    TxnMarker { producer_id: i64, commit: bool },
 }
+
+/// Offsets waiting for their transaction's outcome: producer id -> (group, offsets) in the
+/// order they were committed.
+pub type TxnPending = BTreeMap<i64, Vec<GroupOffsets>>;
+
+/// A group and offsets committed for it.
+pub type GroupOffsets = (String, Vec<(Tp, Committed)>);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotGroup {
@@ -49,7 +74,9 @@ impl CoordRecord {
         match self {
             CoordRecord::Offsets { group, .. }
             | CoordRecord::Group { group, .. }
+            | CoordRecord::TxnOffsets { group, .. }
             | CoordRecord::Removed { group } => group,
+            CoordRecord::TxnMarker { .. } => "marker",
             CoordRecord::Snapshot { .. } => SNAPSHOT_KEY,
             CoordRecord::Barrier { .. } => "barrier",
         }
@@ -73,8 +100,34 @@ pub fn decode(batches: Bytes) -> Result<Vec<CoordRecord>, String> {
     let mut out = Vec::new();
     for batch in BatchIter::new(batches) {
         let batch = batch.map_err(|e| e.to_string())?;
-        // Raft's own entries (leader blanks, membership changes) are control batches.
-        if batch.header().attributes.is_control() {
+        // Raft's own entries (leader blanks, membership changes) are control batches; so are
+        // transaction markers, which settle pending transactional offsets.
+        let h = batch.header();
+        if h.attributes.is_control() {
+            if h.producer_id != rafka_protocol::ProducerId::NONE {
+                let kind = batch
+                    .records()
+                    .next()
+                    .and_then(|r| r.ok())
+                    .and_then(|r| r.key)
+                    .and_then(|k| rafka_protocol::batch::control_type(&k));
+                let producer_id = h.producer_id.0;
+                match kind {
+                    Some(rafka_protocol::api::control_type::COMMIT) => {
+                        out.push(CoordRecord::TxnMarker {
+                            producer_id,
+                            commit: true,
+                        })
+                    }
+                    Some(rafka_protocol::api::control_type::ABORT) => {
+                        out.push(CoordRecord::TxnMarker {
+                            producer_id,
+                            commit: false,
+                        })
+                    }
+                    _ => {}
+                }
+            }
             continue;
         }
         for rec in batch.records() {
@@ -150,9 +203,23 @@ fn is_snapshot(value: &[u8]) -> bool {
     serde_json::from_slice::<Tag>(value).is_ok_and(|t| t.kind == "snapshot")
 }
 
-/// Applies one record to the groups of a partition.
-pub fn apply(groups: &mut BTreeMap<String, Group>, record: CoordRecord) {
+/// Applies one record to the groups of a partition and its pending transactional offsets.
+pub fn apply(groups: &mut BTreeMap<String, Group>, pending: &mut TxnPending, record: CoordRecord) {
     match record {
+        CoordRecord::TxnOffsets {
+            producer_id,
+            group,
+            offsets,
+        } => {
+            pending
+                .entry(producer_id)
+                .or_default()
+                .push((group, offsets));
+        }
+        CoordRecord::TxnMarker {
+            producer_id,
+            commit,
+        } => settle(groups, pending, producer_id, commit),
         CoordRecord::Offsets { group, offsets } => {
             let g = groups.entry(group).or_default();
             for (tp, c) in offsets {
@@ -165,8 +232,12 @@ pub fn apply(groups: &mut BTreeMap<String, Group>, record: CoordRecord) {
         CoordRecord::Removed { group } => {
             groups.remove(&group);
         }
-        CoordRecord::Snapshot { groups: all } => {
+        CoordRecord::Snapshot {
+            groups: all,
+            pending: open,
+        } => {
             groups.clear();
+            *pending = open.into_iter().collect();
             for s in all {
                 let g = groups.entry(s.group).or_default();
                 g.meta = s.meta;
@@ -177,9 +248,34 @@ pub fn apply(groups: &mut BTreeMap<String, Group>, record: CoordRecord) {
     }
 }
 
-/// The snapshot record of `groups`.
-pub fn snapshot(groups: &BTreeMap<String, Group>) -> CoordRecord {
+/// Settles producer `producer_id`'s pending offsets: committed into their groups, or dropped.
+pub fn settle(
+    groups: &mut BTreeMap<String, Group>,
+    pending: &mut TxnPending,
+    producer_id: i64,
+    commit: bool,
+) {
+    let Some(list) = pending.remove(&producer_id) else {
+        return;
+    };
+    if !commit {
+        return;
+    }
+    for (group, offsets) in list {
+        let g = groups.entry(group).or_default();
+        for (tp, c) in offsets {
+            g.offsets.insert(tp, c);
+        }
+    }
+}
+
+/// The snapshot record of `groups` and the pending transactional offsets.
+pub fn snapshot(groups: &BTreeMap<String, Group>, pending: &TxnPending) -> CoordRecord {
     CoordRecord::Snapshot {
+        pending: pending
+            .iter()
+            .map(|(pid, list)| (*pid, list.clone()))
+            .collect(),
         groups: groups
             .iter()
             .map(|(id, g)| SnapshotGroup {
@@ -228,24 +324,65 @@ mod tests {
             metadata: String::new(),
             timestamp_ms: 0,
         };
+        let mut pending = TxnPending::new();
         apply(
             &mut groups,
+            &mut pending,
             CoordRecord::Offsets {
                 group: "a".into(),
                 offsets: vec![(("t".into(), 0), c(5))],
             },
         );
-        let snap = snapshot(&groups);
+        apply(
+            &mut groups,
+            &mut pending,
+            CoordRecord::TxnOffsets {
+                producer_id: 9,
+                group: "a".into(),
+                offsets: vec![(("t".into(), 0), c(8))],
+            },
+        );
+        let snap = snapshot(&groups, &pending);
         let mut replayed = BTreeMap::new();
+        let mut replayed_pending = TxnPending::new();
         apply(
             &mut replayed,
+            &mut replayed_pending,
             CoordRecord::Offsets {
                 group: "stale".into(),
                 offsets: vec![],
             },
         );
-        apply(&mut replayed, snap);
+        apply(&mut replayed, &mut replayed_pending, snap);
         assert_eq!(replayed.len(), 1);
         assert_eq!(replayed["a"].offsets[&("t".to_string(), 0)].offset, 5);
+        // The transaction's offsets count only once its COMMIT marker is replayed.
+        apply(
+            &mut replayed,
+            &mut replayed_pending,
+            CoordRecord::TxnMarker {
+                producer_id: 9,
+                commit: true,
+            },
+        );
+        assert_eq!(replayed["a"].offsets[&("t".to_string(), 0)].offset, 8);
+        assert!(replayed_pending.is_empty());
+    }
+
+    #[test]
+    fn markers_in_the_log_decode_as_settling_records() {
+        let marker = rafka_protocol::batch::transaction_marker(
+            rafka_protocol::ProducerId(4),
+            rafka_protocol::ProducerEpoch(2),
+            false,
+            Timestamp(1),
+        );
+        assert_eq!(
+            decode(marker).unwrap(),
+            vec![CoordRecord::TxnMarker {
+                producer_id: 4,
+                commit: false
+            }]
+        );
     }
 }

@@ -23,7 +23,7 @@ use rafka_raft::{Applied, TypeConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::producers::{ProducerState, ProducerTable, STATE_FILE};
+use super::producers::{marker_kind, ProducerState, ProducerTable, STATE_FILE};
 use super::store::Shared;
 use super::{sm_err, snapshot_id};
 
@@ -108,6 +108,10 @@ impl PartitionSm {
             .map_err(|e| sm_err(ErrorVerb::Write, e.to_string()))?;
         // After the meta: a table file newer than the applied position it is restored with
         // would be harmless too (applying a batch twice changes nothing), but never needed.
+        let log_start = self.shared.log.log_start_offset().0;
+        if self.producers.table().prune_aborted(log_start) {
+            self.producers_dirty = true;
+        }
         if self.producers_dirty {
             let raw = serde_json::to_vec(&*self.producers.table()).expect("table serialises");
             let path = self.shared.log.dir().join(STATE_FILE);
@@ -172,7 +176,8 @@ fn restore_producers(shared: &Shared, hw: Offset) -> ProducerTable {
         while let Ok(h) = rafka_protocol::BatchHeader::parse(rest) {
             let total = h.batch_length as usize + rafka_protocol::batch::LOG_OVERHEAD_BYTES;
             if h.base_offset >= at {
-                table.apply(&h, h.base_offset);
+                let marker = marker_kind(&h, rest);
+                table.apply(&h, h.base_offset, marker);
             }
             if total >= rest.len() {
                 break;
@@ -264,7 +269,8 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 EntryPayload::Normal(rafka_raft::Batch(bytes)) => {
                     if let Ok(h) = rafka_protocol::BatchHeader::parse(bytes) {
                         if h.producer_id != rafka_protocol::ProducerId::NONE {
-                            self.producers.table().apply(&h, base);
+                            let marker = marker_kind(&h, bytes);
+                            self.producers.table().apply(&h, base, marker);
                             self.producers_dirty = true;
                         }
                     }

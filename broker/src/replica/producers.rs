@@ -19,6 +19,13 @@
 //!   does not start at sequence 0 UNKNOWN_PRODUCER_ID.
 //!
 //! Sequence numbers wrap from `i32::MAX` to 0, as in Kafka.
+//!
+//! Transactions live here too, per partition: the first offset of each producer's open
+//! transaction (the last stable offset, LSO, is the smallest of them, or the high watermark),
+//! and the aborted transactions' offset ranges, which read_committed fetches hand to clients
+//! so they drop those records. A COMMIT or ABORT marker (a control batch the transaction
+//! coordinator has the leader append) ends a producer's open transaction and carries the
+//! epoch of the producer's next transaction: applying it fences the old epoch here too.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -120,6 +127,15 @@ impl ProducerEntry {
     }
 }
 
+/// An aborted transaction's records on one partition: `first_offset..=last_offset` (the last
+/// is its ABORT marker) for batches of `producer_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: u64,
+    pub last_offset: u64,
+}
+
 /// Every producer's state on one partition, as of the applied log up to `next_offset`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerTable {
@@ -127,19 +143,34 @@ pub struct ProducerTable {
     /// (applying one again changes nothing, so replays may overlap).
     pub next_offset: u64,
     pub producers: HashMap<i64, ProducerEntry>,
+    /// Open transactions: producer id -> offset of its transaction's first batch here.
+    #[serde(default)]
+    pub ongoing: HashMap<i64, u64>,
+    /// Aborted transactions, in marker order (so by `last_offset`); the ones wholly below the
+    /// log start are dropped by [`ProducerTable::prune_aborted`].
+    #[serde(default)]
+    pub aborted: VecDeque<AbortedTxn>,
 }
 
 impl ProducerTable {
-    /// Applies one committed batch that starts at `base_offset`.
-    pub fn apply(&mut self, h: &BatchHeader, base_offset: Offset) {
+    /// Applies one committed batch that starts at `base_offset`. `marker` is `Some(commit)`
+    /// for a transaction marker.
+    pub fn apply(&mut self, h: &BatchHeader, base_offset: Offset, marker: Option<bool>) {
         let last_offset = base_offset.0 + h.last_offset_delta.max(0) as u64;
         if base_offset.0 < self.next_offset {
             return;
         }
         self.next_offset = last_offset + 1;
+        if let Some(commit) = marker {
+            self.apply_marker(h, base_offset.0, commit);
+            return;
+        }
         let Some(id) = BatchId::of(h) else {
             return;
         };
+        if h.attributes.is_transactional() {
+            self.ongoing.entry(id.producer_id).or_insert(base_offset.0);
+        }
         let range = SeqRange {
             first_seq: id.first_seq,
             last_seq: id.last_seq,
@@ -154,16 +185,74 @@ impl ProducerTable {
                 batches: VecDeque::new(),
                 last_timestamp_ms: h.max_timestamp,
             });
-        if id.epoch != entry.epoch {
-            // Only a newer epoch can have been appended (the leader refuses older ones).
+        if id.epoch > entry.epoch {
             entry.epoch = id.epoch;
             entry.batches.clear();
+        } else if id.epoch < entry.epoch {
+            // The leader refuses older epochs; should one be in the log anyway, it must not
+            // take the producer back.
+            return;
         }
         entry.batches.push_back(range);
         while entry.batches.len() > BATCHES_PER_PRODUCER {
             entry.batches.pop_front();
         }
         entry.last_timestamp_ms = entry.last_timestamp_ms.max(h.max_timestamp);
+    }
+
+    /// A COMMIT or ABORT marker at `offset`: ends the producer's open transaction here and
+    /// moves the producer to the marker's epoch (the next transaction's), where sequences
+    /// start again at 0.
+    fn apply_marker(&mut self, h: &BatchHeader, offset: u64, commit: bool) {
+        let pid = h.producer_id.0;
+        if let Some(first) = self.ongoing.remove(&pid) {
+            if !commit {
+                self.aborted.push_back(AbortedTxn {
+                    producer_id: pid,
+                    first_offset: first,
+                    last_offset: offset,
+                });
+            }
+        }
+        let epoch = h.producer_epoch.0;
+        let entry = self.producers.entry(pid).or_insert_with(|| ProducerEntry {
+            epoch,
+            batches: VecDeque::new(),
+            last_timestamp_ms: h.max_timestamp,
+        });
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        entry.last_timestamp_ms = entry.last_timestamp_ms.max(h.max_timestamp);
+    }
+
+    /// The first offset a read_committed reader may not see yet: the start of the oldest
+    /// open transaction, if any.
+    pub fn first_unstable_offset(&self) -> Option<u64> {
+        self.ongoing.values().copied().min()
+    }
+
+    /// Aborted transactions with records in `from..to`.
+    pub fn aborted_between(&self, from: u64, to: u64) -> Vec<AbortedTxn> {
+        self.aborted
+            .iter()
+            .filter(|a| a.first_offset < to && a.last_offset >= from)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets aborted transactions wholly below `log_start`.
+    pub fn prune_aborted(&mut self, log_start: u64) -> bool {
+        let before = self.aborted.len();
+        while self
+            .aborted
+            .front()
+            .is_some_and(|a| a.last_offset < log_start)
+        {
+            self.aborted.pop_front();
+        }
+        before != self.aborted.len()
     }
 
     /// Moves past entries without producer batches (control batches, Raft blanks).
@@ -176,7 +265,10 @@ impl ProducerTable {
     pub fn expire(&mut self, now_ms: i64, expiration_ms: u64) -> usize {
         let before = self.producers.len();
         let horizon = now_ms.saturating_sub(i64::try_from(expiration_ms).unwrap_or(i64::MAX));
-        self.producers.retain(|_, e| e.last_timestamp_ms >= horizon);
+        // A producer with an open transaction stays: its transaction must still be decided.
+        let ongoing = &self.ongoing;
+        self.producers
+            .retain(|pid, e| e.last_timestamp_ms >= horizon || ongoing.contains_key(pid));
         before - self.producers.len()
     }
 
@@ -250,6 +342,7 @@ impl Pending {
             let newest = entry.batches.back().map(|b| b.last_seq);
             while let Some(p) = list.front() {
                 let applied = p.epoch < entry.epoch
+                    || (p.first_seq < 0 && p.epoch <= entry.epoch)
                     || (p.epoch == entry.epoch
                         && newest.is_some_and(|n| seq_at_or_before(p.last_seq, n)));
                 if !applied {
@@ -261,6 +354,20 @@ impl Pending {
         if list.is_empty() {
             self.by_producer.remove(&producer_id);
         }
+    }
+
+    /// Records a transaction marker proposed for `producer_id` with `epoch`: from now on that
+    /// is the producer's epoch here (older ones are fenced) and its next batch starts at
+    /// sequence 0, even before the marker is applied.
+    pub fn fence(&mut self, producer_id: i64, epoch: i16) {
+        self.by_producer
+            .entry(producer_id)
+            .or_default()
+            .push_back(PendingBatch {
+                epoch,
+                first_seq: -1,
+                last_seq: -1,
+            });
     }
 
     /// Decides every batch of one request, in order, and records the ones to append as
@@ -386,6 +493,23 @@ impl Pending {
     }
 }
 
+/// For a transaction marker (a control batch of a producer), whether it commits; `None` for
+/// any other batch. `batch` starts with one whole batch.
+pub fn marker_kind(h: &BatchHeader, batch: &[u8]) -> Option<bool> {
+    if !h.attributes.is_control() || h.producer_id == ProducerId::NONE {
+        return None;
+    }
+    let total = h.batch_length as usize + rafka_protocol::batch::LOG_OVERHEAD_BYTES;
+    let raw = bytes::Bytes::copy_from_slice(batch.get(..total)?);
+    let parsed = rafka_protocol::RecordBatch::parse(raw).ok()?;
+    let record = parsed.records().next()?.ok()?;
+    match rafka_protocol::batch::control_type(record.key.as_deref()?)? {
+        rafka_protocol::api::control_type::COMMIT => Some(true),
+        rafka_protocol::api::control_type::ABORT => Some(false),
+        _ => None,
+    }
+}
+
 /// Name of the file beside the segments that holds the table as of some applied offset.
 pub const STATE_FILE: &str = "producer-state.json";
 
@@ -462,8 +586,8 @@ mod tests {
             pending.plan(&table, &[id(7, 0, 3, 2)]).unwrap(),
             vec![Some(Verdict::Append)]
         );
-        table.apply(&header(7, 0, 0, 3), Offset(10));
-        table.apply(&header(7, 0, 3, 2), Offset(13));
+        table.apply(&header(7, 0, 0, 3), Offset(10), None);
+        table.apply(&header(7, 0, 3, 2), Offset(13), None);
         let v = pending.plan(&table, &[id(7, 0, 0, 3)]).unwrap();
         assert_eq!(
             v[0],
@@ -485,7 +609,7 @@ mod tests {
         let mut table = ProducerTable::default();
         let mut pending = Pending::default();
         pending.begin(1);
-        table.apply(&header(7, 2, 0, 1), Offset(0));
+        table.apply(&header(7, 2, 0, 1), Offset(0), None);
         let code = |r: Result<_, Refusal>| r.unwrap_err().code;
         assert_eq!(
             code(pending.plan(&table, &[id(7, 2, 5, 1)])),
@@ -525,7 +649,7 @@ mod tests {
         let mut pending = Pending::default();
         pending.begin(1);
         for i in 0..8 {
-            table.apply(&header(1, 0, i, 1), Offset(i as u64));
+            table.apply(&header(1, 0, i, 1), Offset(i as u64), None);
         }
         assert_eq!(table.get(1).unwrap().batches.len(), BATCHES_PER_PRODUCER);
         assert!(matches!(
@@ -541,11 +665,11 @@ mod tests {
     #[test]
     fn applying_again_changes_nothing_and_expiry_forgets_idle_producers() {
         let mut table = ProducerTable::default();
-        table.apply(&header(1, 0, 0, 2), Offset(0));
+        table.apply(&header(1, 0, 0, 2), Offset(0), None);
         let once = table.clone();
-        table.apply(&header(1, 0, 0, 2), Offset(0));
+        table.apply(&header(1, 0, 0, 2), Offset(0), None);
         assert_eq!(table, once);
-        table.apply(&header(2, 0, 0, 1), Offset(2));
+        table.apply(&header(2, 0, 0, 1), Offset(2), None);
         assert_eq!(table.expire(1_000 + 500, 1_000), 0);
         assert_eq!(table.expire(1_000 + 1_001, 1_000), 2);
         assert!(table.is_empty());
@@ -559,7 +683,7 @@ mod tests {
         let mut table = ProducerTable::default();
         let mut pending = Pending::default();
         pending.begin(1);
-        table.apply(&header(1, 0, i32::MAX - 1, 2), Offset(0));
+        table.apply(&header(1, 0, i32::MAX - 1, 2), Offset(0), None);
         assert_eq!(
             pending.plan(&table, &[id(1, 0, 0, 1)]).unwrap(),
             vec![Some(Verdict::Append)]

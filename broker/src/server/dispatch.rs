@@ -89,6 +89,12 @@ pub async fn handle(
         ApiKey::ListGroups => run(corr, body, |_: ListGroupsRequest| group::list_groups(ctx)).await,
         ApiKey::DescribeGroup => run(corr, body, |r| group::describe_group(ctx, r)).await,
         ApiKey::InitProducerId => run(corr, body, |r| producer::init_producer_id(ctx, r)).await,
+        ApiKey::AddPartitionsToTxn => {
+            run(corr, body, |r| producer::add_partitions_to_txn(ctx, r)).await
+        }
+        ApiKey::AddOffsetsToTxn => run(corr, body, |r| producer::add_offsets_to_txn(ctx, r)).await,
+        ApiKey::TxnOffsetCommit => run(corr, body, |r| producer::txn_offset_commit(ctx, r)).await,
+        ApiKey::EndTxn => run(corr, body, |r| producer::end_txn(ctx, r)).await,
     };
     metrics::counter!("rafka_requests_total", "api" => api.name()).increment(1);
     metrics::histogram!("rafka_request_duration_seconds", "api" => api.name())

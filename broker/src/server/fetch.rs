@@ -1,6 +1,8 @@
 //! Fetch with long polling.
 //!
-//! A fetch reads every requested partition up to its high watermark. If that yields fewer than
+//! A fetch reads every requested partition up to its high watermark, or with read_committed up
+//! to its last stable offset (the first offset of the oldest open transaction), and then also
+//! lists the aborted transactions whose records it returns. If that yields fewer than
 //! `min_bytes`, it waits until one of the partitions' high watermarks moves, or `max_wait_ms`
 //! passes, and reads again: it answers as soon as data arrives, not at the deadline. Sizes are
 //! bounded by `max_bytes` for the whole response (at least one batch, so a batch larger than
@@ -43,6 +45,31 @@ pub async fn fetch(ctx: Arc<Context>, req: FetchRequest) -> FetchResponse {
         .max(1);
     let max_bytes = (req.max_bytes as usize).clamp(1, frame_room);
     let min_bytes = req.min_bytes as usize;
+    let read_committed = match req.isolation_level {
+        rafka_protocol::api::isolation::READ_UNCOMMITTED => false,
+        rafka_protocol::api::isolation::READ_COMMITTED => true,
+        other => {
+            let topics = req
+                .topics
+                .into_iter()
+                .map(|t| FetchTopicResult {
+                    name: t.name,
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            failed(
+                                p.partition,
+                                ErrorCode::InvalidRequest,
+                                format!("isolation_level must be 0 or 1, not {other}"),
+                            )
+                        })
+                        .collect(),
+                })
+                .collect();
+            return FetchResponse { topics };
+        }
+    };
     let mut names = Vec::with_capacity(req.topics.len());
     let mut slots = Vec::new();
     for (ti, t) in req.topics.into_iter().enumerate() {
@@ -68,7 +95,7 @@ pub async fn fetch(ctx: Arc<Context>, req: FetchRequest) -> FetchResponse {
             .filter_map(|s| s.target.as_ref().ok().map(|p| p.watch_high_watermark()))
             .collect();
         let round = slots.clone();
-        let read = blocking(move || Ok(read_round(&round, max_bytes))).await;
+        let read = blocking(move || Ok(read_round(&round, max_bytes, read_committed))).await;
         let (results, total, errors) = match read {
             Ok(r) => r,
             Err(e) => {
@@ -122,12 +149,17 @@ fn failed(partition: u32, code: ErrorCode, message: String) -> FetchPartitionRes
         last_stable_offset: 0,
         records: bytes::Bytes::new(),
         leader_hint: -1,
+        aborted_transactions: Vec::new(),
     }
 }
 
 /// Reads every slot once. Returns the results, the record bytes read, and whether any
 /// partition answered with an error (which is returned at once rather than waited on).
-fn read_round(slots: &[Slot], max_bytes: usize) -> (Vec<FetchPartitionResult>, usize, bool) {
+fn read_round(
+    slots: &[Slot],
+    max_bytes: usize,
+    read_committed: bool,
+) -> (Vec<FetchPartitionResult>, usize, bool) {
     let mut remaining = max_bytes;
     let mut total = 0;
     let mut errors = false;
@@ -144,16 +176,21 @@ fn read_round(slots: &[Slot], max_bytes: usize) -> (Vec<FetchPartitionResult>, u
             }
         };
         let hw = part.high_watermark();
+        let lso = part.last_stable_offset();
         let start = part.log.log_start_offset();
+        // One bound, exclusive like the high watermark (Redpanda #3036 used the LSO as
+        // inclusive in one place and exclusive in another).
+        let visible = if read_committed { lso } else { hw };
         let mut r = FetchPartitionResult {
             partition: s.partition,
             error_code: 0,
             error_message: String::new(),
             high_watermark: hw.0,
             log_start_offset: start.0,
-            last_stable_offset: hw.0,
+            last_stable_offset: lso.0,
             records: bytes::Bytes::new(),
             leader_hint: -1,
+            aborted_transactions: Vec::new(),
         };
         let offset = Offset(s.offset);
         if offset < start || offset > hw {
@@ -163,15 +200,28 @@ fn read_round(slots: &[Slot], max_bytes: usize) -> (Vec<FetchPartitionResult>, u
             out.push(r);
             continue;
         }
-        if remaining == 0 || offset == hw {
+        if remaining == 0 || offset >= visible {
             out.push(r);
             continue;
         }
-        match part.log.read(offset, s.max_bytes.min(remaining), Some(hw)) {
+        match part
+            .log
+            .read(offset, s.max_bytes.min(remaining), Some(visible))
+        {
             Ok(read) => {
                 let n = read.batches.len();
                 remaining = remaining.saturating_sub(n);
                 total += n;
+                if read_committed && n > 0 {
+                    r.aborted_transactions = part
+                        .aborted_between(offset, read.next_offset)
+                        .into_iter()
+                        .map(|a| AbortedTransaction {
+                            producer_id: a.producer_id,
+                            first_offset: a.first_offset,
+                        })
+                        .collect();
+                }
                 r.records = read.batches;
             }
             Err(e) => {
@@ -260,6 +310,7 @@ mod tests {
             last_stable_offset: 100,
             records: bytes::Bytes::from_static(records),
             leader_hint: -1,
+            aborted_transactions: Vec::new(),
         };
         let resp = FetchResponse {
             topics: vec![

@@ -11,6 +11,9 @@ pub async fn find_coordinator(
     ctx: Arc<Context>,
     req: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
+    if req.key_type == rafka_protocol::api::coordinator_type::TRANSACTION {
+        return ctx.txns.find(req).await;
+    }
     ctx.groups.find(req).await
 }
 

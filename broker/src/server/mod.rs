@@ -45,6 +45,8 @@ pub struct Context {
     pub cluster_id: String,
     /// The consumer-group coordinator.
     pub groups: Arc<crate::group::Coordinator>,
+    /// The transaction coordinator.
+    pub txns: Arc<crate::txn::Coordinator>,
 }
 
 impl Context {

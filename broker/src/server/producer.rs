@@ -1,13 +1,13 @@
-//! InitProducerId: hands an idempotent producer its identity.
+//! InitProducerId and the transaction APIs (AddPartitionsToTxn, AddOffsetsToTxn, EndTxn;
+//! TxnOffsetCommit goes to the group coordinator). Thin: the coordinators do the work.
 //!
-//! Any broker answers, from the block of producer ids the controller allocated to it (see
-//! [`crate::cluster::Cluster::next_producer_id`]); the epoch of a fresh id is 0. A
-//! transactional id (a producer identity that outlives the process) needs the transaction
-//! coordinator, which this broker does not run yet: such requests are refused.
+//! Without a transactional id, any broker answers InitProducerId from the block of producer
+//! ids the controller allocated to it (see [`crate::cluster::Cluster::next_producer_id`]),
+//! with epoch 0. With one, the transaction coordinator ([`crate::txn`]) answers.
 
 use std::sync::Arc;
 
-use rafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
+use rafka_protocol::messages::*;
 use rafka_protocol::ErrorCode;
 
 use super::Context;
@@ -29,12 +29,7 @@ pub async fn init_producer_id(
         );
     }
     if !req.transactional_id.is_empty() {
-        return fail(
-            ErrorCode::InvalidRequest,
-            "transactional ids need the transaction coordinator, which this broker does not \
-             run yet"
-                .into(),
-        );
+        return ctx.txns.init_producer_id(req).await;
     }
     match ctx.cluster.next_producer_id().await {
         Ok(id) => {
@@ -48,4 +43,29 @@ pub async fn init_producer_id(
         }
         Err(e) => fail(e.error_code(), e.to_string()),
     }
+}
+
+pub async fn add_partitions_to_txn(
+    ctx: Arc<Context>,
+    req: AddPartitionsToTxnRequest,
+) -> AddPartitionsToTxnResponse {
+    ctx.txns.add_partitions(req).await
+}
+
+pub async fn add_offsets_to_txn(
+    ctx: Arc<Context>,
+    req: AddOffsetsToTxnRequest,
+) -> AddOffsetsToTxnResponse {
+    ctx.txns.add_offsets(req).await
+}
+
+pub async fn end_txn(ctx: Arc<Context>, req: EndTxnRequest) -> EndTxnResponse {
+    ctx.txns.end_txn(req).await
+}
+
+pub async fn txn_offset_commit(
+    ctx: Arc<Context>,
+    req: TxnOffsetCommitRequest,
+) -> TxnOffsetCommitResponse {
+    ctx.groups.txn_commit(req).await
 }
