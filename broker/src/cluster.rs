@@ -297,10 +297,10 @@ impl Partition {
         for b in &batches {
             let h = rafka_protocol::BatchHeader::parse(b)?;
             BatchId::validate(&h).map_err(Error::InvalidBatchHeader)?;
-            if h.attributes.is_transactional() {
+            if h.attributes.is_transactional() && h.producer_id == rafka_protocol::ProducerId::NONE
+            {
                 return Err(Error::InvalidBatchHeader(
-                    "transactional batches need a transaction, and this broker has no \
-                     transaction coordinator yet",
+                    "a transactional batch needs a producer id and epoch",
                 ));
             }
             counts.push(h.last_offset_delta.max(0) as u64 + 1);

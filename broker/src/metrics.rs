@@ -1,4 +1,5 @@
-//! Gauges refreshed by the housekeeping task: per-partition log sizes and offsets, and the
+//! Gauges refreshed by the housekeeping task: per-partition log sizes and offsets (high
+//! watermark, last stable offset and the lag between them, idempotent producers known), and the
 //! replication view (term, leadership, follower lag, under-replicated and offline partitions,
 //! controller leader). Counters and histograms are recorded where things happen.
 
@@ -23,7 +24,14 @@ pub fn update_gauges(cluster: &Cluster, partitions: &[Arc<Partition>]) {
         ];
         metrics::gauge!("rafka_log_end_offset", &labels).set(p.log.log_end_offset().0 as f64);
         metrics::gauge!("rafka_log_start_offset", &labels).set(p.log.log_start_offset().0 as f64);
-        metrics::gauge!("rafka_high_watermark", &labels).set(p.high_watermark().0 as f64);
+        let hw = p.high_watermark();
+        metrics::gauge!("rafka_high_watermark", &labels).set(hw.0 as f64);
+        // How far read_committed readers trail read_uncommitted ones: records held back by
+        // the oldest open transaction.
+        let lso = p.last_stable_offset();
+        metrics::gauge!("rafka_last_stable_offset", &labels).set(lso.0 as f64);
+        metrics::gauge!("rafka_lso_lag_records", &labels).set(hw.0.saturating_sub(lso.0) as f64);
+        metrics::gauge!("rafka_producers", &labels).set(p.producers.table().len() as f64);
         metrics::gauge!("rafka_log_segments", &labels).set(p.log.segment_count() as f64);
         metrics::gauge!("rafka_log_size_bytes", &labels).set(p.log.size_bytes() as f64);
         let (leader, term) = p.leader();

@@ -281,7 +281,7 @@ async fn try_fetch(
         let mut next = offset;
         for batch in BatchIter::new(p.records.clone()) {
             let batch = batch.expect("batch");
-            let h = batch.header().clone();
+            let h = *batch.header();
             next = h.base_offset.0 + h.last_offset_delta as u64 + 1;
             aborted.retain(|(pid, first)| {
                 if *first <= h.base_offset.0 {
@@ -493,7 +493,7 @@ async fn a_delayed_end_txn_is_refused_and_decides_nothing_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_end_whole_when_the_coordinator_and_a_leader_are_killed() {
     let _lock = exclusive().await;
-    let _ = seed("txn_kill");
+    let seed = seed("txn_kill") as u32;
     let mut cluster = Cluster::start(3).await;
     cluster.create_topic("kt", 3).await;
     const TIMEOUT_MS: u32 = 4_000;
@@ -519,11 +519,7 @@ async fn transactions_end_whole_when_the_coordinator_and_a_leader_are_killed() {
         .into_iter()
         .find(|id| cluster.node(*id).bootstrap() == coordinator)
         .expect("the coordinator is a node");
-    let leader0 = cluster.wait_for_leader("kt", 0, SETTLE).await;
     cluster.kill(victim);
-    if leader0 != victim {
-        cluster.kill(leader0);
-    }
     // Whoever coordinates now aborts the open transaction once its timeout passes.
     for i in 0..3 {
         let rc = wait_until(SETTLE, "the open transaction's end", async || {
@@ -539,7 +535,7 @@ async fn transactions_end_whole_when_the_coordinator_and_a_leader_are_killed() {
     }
     let took = started.elapsed();
     eprintln!(
-        "open transaction aborted {} ms after the kill",
+        "open transaction aborted {} ms after its coordinator's broker was killed",
         took.as_millis()
     );
     assert!(
@@ -547,9 +543,61 @@ async fn transactions_end_whole_when_the_coordinator_and_a_leader_are_killed() {
         "the open transaction outlived its timeout by far: {took:?}"
     );
     cluster.restart(victim).await;
-    if leader0 != victim {
-        cluster.restart(leader0).await;
+
+    // A decided transaction whose markers are being written when a partition leader dies:
+    // it still commits whole.
+    let mut decided = TxnProducer::init(&cluster, "kt-decided", 60_000).await;
+    decided.begin("kt", &[0, 1, 2]).await;
+    for i in 0..3 {
+        let b = decided.batch("kt", i, &values("decided", i, 3));
+        assert_eq!(produce(&cluster, "kt", i, b).await, ErrorCode::None);
     }
+    // A partition leader that does not also coordinate the transaction (the EndTxn must reach
+    // a live coordinator for the outcome to be a commit).
+    let coordinator = coordinator_addr(&cluster, "kt-decided").await;
+    let mut leaders = Vec::new();
+    for i in 0..3 {
+        leaders.push(cluster.wait_for_leader("kt", i, SETTLE).await);
+    }
+    let others: Vec<i32> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| cluster.node(*id).bootstrap() != coordinator)
+        .collect();
+    let candidates: Vec<i32> = leaders
+        .iter()
+        .copied()
+        .filter(|l| others.contains(l))
+        .collect();
+    let pool = if candidates.is_empty() {
+        &others
+    } else {
+        &candidates
+    };
+    let leader = pool[seed as usize % pool.len()];
+    let request = decided.end_request(true);
+    let conn = connect(&coordinator).await;
+    let ending = tokio::spawn(async move { conn.send(request, Duration::from_secs(60)).await });
+    cluster.kill(leader);
+    // The answer may be lost with the broker; the outcome must not be.
+    let answer = ending.await.expect("join");
+    eprintln!("EndTxn during the kill: {answer:?}");
+    for i in 0..3 {
+        let rc = wait_until(SETTLE, "the decided transaction's markers", async || {
+            let f = try_fetch(&cluster, "kt", i, isolation::READ_COMMITTED).await?;
+            if f.lso == f.hw && f.values.len() == 6 {
+                Ok(f)
+            } else {
+                Err(format!("lso {} hw {} values {:?}", f.lso, f.hw, f.values))
+            }
+        })
+        .await;
+        let mut expected = values("done", i, 3);
+        expected.extend(values("decided", i, 3));
+        assert_eq!(rc.values, expected, "partition {i} (seed {seed})");
+    }
+    cluster.restart(leader).await;
+
     // The aborted producer is fenced; a new instance commits normally.
     open.coordinator = connect(&coordinator_addr(&cluster, "kt-open").await).await;
     assert_eq!(open.end(true).await, ErrorCode::InvalidProducerEpoch);
@@ -560,6 +608,7 @@ async fn transactions_end_whole_when_the_coordinator_and_a_leader_are_killed() {
     assert_eq!(again.end(true).await, ErrorCode::None);
     let rc = fetch(&cluster, "kt", 1, isolation::READ_COMMITTED).await;
     let mut expected = values("done", 1, 3);
+    expected.extend(values("decided", 1, 3));
     expected.extend(values("again", 1, 1));
     assert_eq!(rc.values, expected);
 }
