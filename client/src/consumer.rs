@@ -16,8 +16,13 @@
 //! fetched from: a `seek` in between, or a leader change that put the partition in two fetches,
 //! makes the stale result harmless. OFFSET_OUT_OF_RANGE is reported as an error; the position
 //! is never reset behind the caller's back.
+//!
+//! [`isolation`] decides what the consumer sees of transactions (`isolation_level`): with
+//! read_committed the broker stops at the last stable offset and the consumer drops the
+//! records of aborted transactions.
 
 pub mod group;
+pub mod isolation;
 mod subscribe;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -39,6 +44,9 @@ use crate::error::{ClientError, Result};
 
 use group::GroupMember;
 pub use group::{CommitHandle, NoopListener, RebalanceListener};
+pub use isolation::IsolationLevel;
+use isolation::{is_abort_marker_key, AbortedFilter};
+pub use subscribe::ConsumerGroupMetadata;
 
 /// Fetch results waiting to be read by `poll`. At most one fetch per broker is in flight, so
 /// this only fills up with more brokers than slots, and then fetch tasks wait.
@@ -95,6 +103,9 @@ pub struct ConsumerConfig {
     pub auto_commit_interval_ms: u64,
     /// The coordinator's assignor: `sticky`, `range` or `roundrobin`.
     pub assignor: String,
+    /// What `poll` returns of transactions: everything (read_uncommitted, the default as in
+    /// Kafka), or only committed transactions' records (read_committed).
+    pub isolation_level: IsolationLevel,
 }
 
 impl Default for ConsumerConfig {
@@ -116,6 +127,7 @@ impl Default for ConsumerConfig {
             enable_auto_commit: true,
             auto_commit_interval_ms: 5_000,
             assignor: "sticky".to_owned(),
+            isolation_level: IsolationLevel::ReadUncommitted,
         }
     }
 }
@@ -275,6 +287,13 @@ impl Consumer {
     /// The offset of the next record `poll` returns for `tp`, once known.
     pub fn position(&self, tp: &TopicPartition) -> Option<Offset> {
         self.positions.get(tp).copied().flatten()
+    }
+
+    /// The position of every assigned partition that has one: after processing everything
+    /// `poll` returned, the offsets to commit (with `commit_offsets`, or with a transactional
+    /// producer's `send_offsets_to_transaction`).
+    pub fn positions(&self) -> BTreeMap<TopicPartition, Offset> {
+        self.positions_to_commit(None)
     }
 
     /// Moves the position of an assigned partition. Earliest, latest and timestamps are looked
@@ -470,7 +489,7 @@ impl Consumer {
             max_wait_ms: self.config.fetch_max_wait_ms,
             min_bytes: self.config.fetch_min_bytes,
             max_bytes: self.config.fetch_max_bytes,
-            isolation_level: 0,
+            isolation_level: self.config.isolation_level.wire(),
             topics: topics
                 .into_iter()
                 .map(|(name, partitions)| FetchTopic {
@@ -516,7 +535,13 @@ impl Consumer {
                 }
                 let code = ErrorCode::from_code(p.error_code);
                 match code {
-                    ErrorCode::None => match decode_records(&tp, p.records, fetch_offset) {
+                    ErrorCode::None => match decode_fetched(
+                        &tp,
+                        p.records,
+                        fetch_offset,
+                        self.config.isolation_level,
+                        &p.aborted_transactions,
+                    ) {
                         Ok((mut got, next)) => {
                             records.append(&mut got);
                             self.positions.insert(tp, Some(next));
@@ -556,6 +581,22 @@ impl Consumer {
     }
 }
 
+/// Decodes one partition's fetched records as `isolation` sees them: with read_committed the
+/// batches of `aborted` transactions are dropped.
+fn decode_fetched(
+    tp: &TopicPartition,
+    bytes: Bytes,
+    position: Offset,
+    isolation: IsolationLevel,
+    aborted: &[rafka_protocol::messages::AbortedTransaction],
+) -> Result<(Vec<ConsumerRecord>, Offset)> {
+    let filter = match isolation {
+        IsolationLevel::ReadUncommitted => None,
+        IsolationLevel::ReadCommitted => Some(AbortedFilter::new(aborted)),
+    };
+    decode_records_filtered(tp, bytes, position, filter)
+}
+
 /// Decodes the records of a fetch from `position` on; returns them and the next position.
 ///
 /// The first batch may start before `position` (the broker returns whole batches), so earlier
@@ -565,6 +606,17 @@ pub fn decode_records(
     tp: &TopicPartition,
     bytes: Bytes,
     position: Offset,
+) -> Result<(Vec<ConsumerRecord>, Offset)> {
+    decode_records_filtered(tp, bytes, position, None)
+}
+
+/// [`decode_records`], dropping the batches `aborted` says belong to aborted transactions
+/// (read_committed). The position still moves past them: they are never to be returned.
+pub fn decode_records_filtered(
+    tp: &TopicPartition,
+    bytes: Bytes,
+    position: Offset,
+    mut aborted: Option<AbortedFilter>,
 ) -> Result<(Vec<ConsumerRecord>, Offset)> {
     let corrupt = |e: BatchError| ClientError::Protocol {
         addr: String::new(),
@@ -588,7 +640,18 @@ pub fn decode_records(
             Err(e) => return Err(corrupt(e)),
         };
         let header = *batch.header();
-        if !header.attributes.is_control() {
+        let skip = match &mut aborted {
+            Some(filter) => {
+                let abort_marker = header.attributes.is_control()
+                    && match batch.records().next() {
+                        Some(r) => is_abort_marker_key(r.map_err(corrupt)?.key.as_deref()),
+                        None => false,
+                    };
+                filter.skip(&header, abort_marker)
+            }
+            None => false,
+        };
+        if !skip && !header.attributes.is_control() {
             for record in batch.records() {
                 let r = record.map_err(corrupt)?;
                 if r.offset < position {
@@ -679,6 +742,61 @@ mod tests {
         let mut raw = BytesMut::from(&b.build()[..]);
         set_base_offset(&mut raw, Offset(base));
         raw.freeze()
+    }
+
+    #[test]
+    fn the_fetch_carries_the_isolation_level() {
+        let tp = TopicPartition::new("t", 0);
+        for (level, wire) in [
+            (IsolationLevel::ReadUncommitted, 0),
+            (IsolationLevel::ReadCommitted, 1),
+        ] {
+            let consumer = Consumer::new(ConsumerConfig {
+                isolation_level: level,
+                ..ConsumerConfig::default()
+            })
+            .unwrap();
+            let request = consumer.fetch_request(&[(tp.clone(), Offset(3))]);
+            assert_eq!(request.isolation_level, wire);
+        }
+    }
+
+    #[test]
+    fn only_read_committed_drops_aborted_transactions() {
+        use rafka_protocol::messages::AbortedTransaction;
+        use rafka_protocol::{ProducerEpoch, ProducerId};
+        let mut b = BatchBuilder::new(BatchOptions {
+            producer_id: ProducerId(4),
+            producer_epoch: ProducerEpoch(0),
+            transactional: true,
+            ..BatchOptions::default()
+        });
+        b.append(Some(Timestamp(1)), None, Some(b"aborted"), &[]);
+        let bytes = b.build();
+        let aborted = [AbortedTransaction {
+            producer_id: 4,
+            first_offset: 0,
+        }];
+        let tp = TopicPartition::new("t", 0);
+        let (uncommitted, _) = decode_fetched(
+            &tp,
+            bytes.clone(),
+            Offset(0),
+            IsolationLevel::ReadUncommitted,
+            &aborted,
+        )
+        .unwrap();
+        assert_eq!(uncommitted.len(), 1);
+        let (committed, next) = decode_fetched(
+            &tp,
+            bytes,
+            Offset(0),
+            IsolationLevel::ReadCommitted,
+            &aborted,
+        )
+        .unwrap();
+        assert!(committed.is_empty());
+        assert_eq!(next, Offset(1));
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! Finding and talking to a consumer group's coordinator.
+//! Finding and talking to a coordinator: a consumer group's, or a transactional id's.
 //!
-//! A group's coordinator is the broker leading one partition of the internal offsets topic; any
-//! broker answers FindCoordinator with its address. [`Coordinator`] caches that address per
-//! group and forgets it whenever the answer or the connection says it moved
+//! A group's coordinator is the broker leading one partition of the internal offsets topic, a
+//! transactional id's the leader of one partition of `__transaction_state`; any broker answers
+//! FindCoordinator (key type 0 or 1) with its address. [`Coordinator`] caches that address per
+//! key and forgets it whenever the answer or the connection says it moved
 //! (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, a broken connection), so the next attempt asks
-//! again. The consumer's heartbeat task, its commits and the admin client's group calls share
-//! this one type.
+//! again. The consumer's heartbeat task, its commits, the admin client's group calls and the
+//! transactional producer share this one type.
 //!
 //! Two ways to send: [`Coordinator::send_once`] makes one attempt (the heartbeat task has its
 //! own loop and must not stall in retries) and [`Coordinator::send`] retries retriable errors
@@ -15,9 +16,12 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rafka_protocol::api::coordinator_type;
 use rafka_protocol::messages::{
-    ConsumerGroupHeartbeatResponse, DescribeGroupResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, ListGroupsResponse, OffsetCommitResponse, OffsetFetchResponse,
+    AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, ConsumerGroupHeartbeatResponse,
+    DescribeGroupResponse, EndTxnResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    InitProducerIdResponse, ListGroupsResponse, OffsetCommitResponse, OffsetFetchResponse,
+    TxnOffsetCommitResponse,
 };
 use rafka_protocol::{ErrorCode, Request};
 use tokio::time::Instant;
@@ -26,18 +30,15 @@ use crate::cluster::{BrokerId, BrokerInfo, Cluster};
 use crate::connection::{lock, Connection};
 use crate::error::{ClientError, Result};
 
-/// FindCoordinator's key type for a consumer group.
-const KEY_TYPE_GROUP: i32 = 0;
-
-/// A group-API response: one error code for the whole request.
-pub trait GroupResponse {
+/// A coordinator API's response: one error code for the whole request.
+pub trait CoordinatorResponse {
     fn error_code(&self) -> i32;
     fn error_message(&self) -> &str;
 }
 
 macro_rules! group_responses {
     ($($t:ty),* $(,)?) => {
-        $(impl GroupResponse for $t {
+        $(impl CoordinatorResponse for $t {
             fn error_code(&self) -> i32 {
                 self.error_code
             }
@@ -55,7 +56,30 @@ group_responses!(
     OffsetFetchResponse,
     ListGroupsResponse,
     DescribeGroupResponse,
+    InitProducerIdResponse,
+    AddPartitionsToTxnResponse,
+    AddOffsetsToTxnResponse,
+    TxnOffsetCommitResponse,
+    EndTxnResponse,
 );
+
+/// What a coordinator coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordinatorKind {
+    /// A consumer group (the key is the group id).
+    Group,
+    /// A transactional producer (the key is the transactional id).
+    Transaction,
+}
+
+impl CoordinatorKind {
+    fn key_type(self) -> i32 {
+        match self {
+            CoordinatorKind::Group => coordinator_type::GROUP,
+            CoordinatorKind::Transaction => coordinator_type::TRANSACTION,
+        }
+    }
+}
 
 /// Where a group's coordinator is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,25 +109,45 @@ fn coordinator_moved(code: ErrorCode) -> bool {
     )
 }
 
-/// One group's coordinator: its cached address and the requests sent to it.
+/// One group's (or transactional id's) coordinator: its cached address and the requests sent
+/// to it.
 pub struct Coordinator {
     cluster: Cluster,
-    group_id: String,
+    kind: CoordinatorKind,
+    /// The group id or the transactional id.
+    key: String,
     /// The coordinator's address from the last FindCoordinator, until something says it moved.
     addr: Mutex<Option<String>>,
 }
 
 impl Coordinator {
+    /// A consumer group's coordinator.
     pub fn new(cluster: Cluster, group_id: impl Into<String>) -> Coordinator {
         Coordinator {
             cluster,
-            group_id: group_id.into(),
+            kind: CoordinatorKind::Group,
+            key: group_id.into(),
             addr: Mutex::new(None),
         }
     }
 
+    /// A transactional id's coordinator.
+    pub fn transaction(cluster: Cluster, transactional_id: impl Into<String>) -> Coordinator {
+        Coordinator {
+            cluster,
+            kind: CoordinatorKind::Transaction,
+            key: transactional_id.into(),
+            addr: Mutex::new(None),
+        }
+    }
+
+    /// The group id (for a transaction coordinator: the transactional id).
     pub fn group_id(&self) -> &str {
-        &self.group_id
+        &self.key
+    }
+
+    pub fn kind(&self) -> CoordinatorKind {
+        self.kind
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -115,12 +159,27 @@ impl Coordinator {
         *lock(&self.addr) = None;
     }
 
-    /// The error for a group-level code in a response.
+    /// The error for a request-level code in a response: a [`ClientError::Group`] for a
+    /// group, a [`ClientError::Broker`] naming the transactional id for a transaction (the
+    /// producer decides what a final one means for its transaction).
     pub fn error(&self, code: ErrorCode, message: impl Into<String>) -> ClientError {
-        ClientError::Group {
-            code,
-            group: self.group_id.clone(),
-            message: message.into(),
+        let message = message.into();
+        match self.kind {
+            CoordinatorKind::Group => ClientError::Group {
+                code,
+                group: self.key.clone(),
+                message,
+            },
+            CoordinatorKind::Transaction => ClientError::Broker {
+                code,
+                message: if message.is_empty() {
+                    format!("transactional id '{}'", self.key)
+                } else {
+                    format!("transactional id '{}': {message}", self.key)
+                },
+                topic: None,
+                partition: None,
+            },
         }
     }
 
@@ -130,8 +189,8 @@ impl Coordinator {
         let resp = self
             .cluster
             .send_any(FindCoordinatorRequest {
-                key: self.group_id.clone(),
-                key_type: KEY_TYPE_GROUP,
+                key: self.key.clone(),
+                key_type: self.kind.key_type(),
             })
             .await?;
         let code = ErrorCode::from_code(resp.error_code);
@@ -174,12 +233,12 @@ impl Coordinator {
     }
 
     /// One attempt: find the coordinator if needed, send, and turn the response's error code
-    /// into a [`ClientError::Group`]. Errors that mean the coordinator moved or the connection
-    /// broke forget its address.
+    /// into an error (see [`Coordinator::error`]). Errors that mean the coordinator moved or
+    /// the connection broke forget its address.
     pub async fn send_once<R>(&self, request: R, timeout: Duration) -> Result<R::Response>
     where
         R: Request,
-        R::Response: GroupResponse,
+        R::Response: CoordinatorResponse,
     {
         let conn = self.connection().await?;
         let resp = match conn.send(request, timeout).await {
@@ -210,7 +269,7 @@ impl Coordinator {
     pub async fn send<R>(&self, request: R, deadline: Instant) -> Result<R::Response>
     where
         R: Request + Clone,
-        R::Response: GroupResponse,
+        R::Response: CoordinatorResponse,
     {
         let backoff = self.cluster.config().retry_backoff;
         let timeout = self.cluster.config().request_timeout;
@@ -222,7 +281,7 @@ impl Coordinator {
             match attempt {
                 Ok(resp) => return Ok(resp),
                 Err(e) if e.is_retriable() && Instant::now() + backoff < deadline => {
-                    tracing::debug!(group = %self.group_id, error = %e, "coordinator request failed; retrying");
+                    tracing::debug!(key = %self.key, error = %e, "coordinator request failed; retrying");
                     tokio::time::sleep(backoff).await;
                 }
                 Err(e) => return Err(e),

@@ -3,6 +3,10 @@
 //! outcome (a write that may or may not have been applied), or fix the request (invalid
 //! arguments, non-retriable broker codes).
 //!
+//! A transactional producer's failures are [`ClientError::Transaction`], whose
+//! [`TxnErrorKind`] says which of those three the caller is in: abort and go on, drop the
+//! producer, or call the same method again.
+//!
 //! Errors are `Clone` because one failed produce request fails every record it carried, and
 //! each record's delivery future gets its own copy.
 
@@ -75,6 +79,17 @@ pub enum ClientError {
     #[error("offset commit for group '{group}' has an unknown outcome: {reason}")]
     CommitOutcomeUnknown { group: String, reason: String },
 
+    /// A transactional producer's transaction cannot go on as asked; `kind` says what the
+    /// caller can do (abort, drop the producer, or call the same method again).
+    #[error("{}", describe_txn_error(*kind, transactional_id, message))]
+    Transaction {
+        kind: TxnErrorKind,
+        transactional_id: String,
+        /// The broker's error code behind it, when there is one.
+        code: Option<ErrorCode>,
+        message: String,
+    },
+
     /// The broker sent bytes this client cannot decode (a bug or a version mismatch).
     #[error("protocol error from {addr}: {reason}")]
     Protocol { addr: String, reason: String },
@@ -129,6 +144,9 @@ impl ClientError {
             ClientError::Broker { code, .. } | ClientError::Group { code, .. } => {
                 code.is_retriable()
             }
+            // Repeating EndTxn is safe: the coordinator answers a repeat with the outcome it
+            // reached. Every other kind needs an abort or a new producer first.
+            ClientError::Transaction { kind, .. } => *kind == TxnErrorKind::OutcomeUnknown,
             ClientError::OutcomeUnknown { .. }
             | ClientError::CommitOutcomeUnknown { .. }
             | ClientError::DeliveryTimeout { .. }
@@ -146,6 +164,7 @@ impl ClientError {
             | ClientError::Timeout { .. }
             | ClientError::OutcomeUnknown { .. }
             | ClientError::CommitOutcomeUnknown { .. } => true,
+            ClientError::Transaction { kind, .. } => *kind == TxnErrorKind::OutcomeUnknown,
             ClientError::Broker { code, .. } | ClientError::Group { code, .. } => {
                 matches!(
                     code,
@@ -153,6 +172,15 @@ impl ClientError {
                 )
             }
             _ => false,
+        }
+    }
+
+    /// Whether this error means the producer was fenced (INVALID_PRODUCER_EPOCH): another
+    /// instance with its transactional id took over, or its transaction timed out.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            ClientError::Transaction { kind, .. } => *kind == TxnErrorKind::Fenced,
+            _ => self.code() == Some(ErrorCode::InvalidProducerEpoch),
         }
     }
 
@@ -174,6 +202,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Broker { code, .. } | ClientError::Group { code, .. } => Some(*code),
+            ClientError::Transaction { code, .. } => *code,
             _ => None,
         }
     }
@@ -246,6 +275,56 @@ fn describe_group_error(code: ErrorCode, group: &str, message: &str) -> String {
     }
 }
 
+/// What a [`ClientError::Transaction`] leaves the caller to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnErrorKind {
+    /// The current transaction cannot commit (one of its records, partitions or offsets
+    /// failed): call `abort_transaction`, then begin a new one. Not retriable as such.
+    Abortable,
+    /// Another producer with the same transactional id initialised, or the coordinator aborted
+    /// this producer's transaction when it timed out (INVALID_PRODUCER_EPOCH). Fatal: every
+    /// later call fails; drop the producer (a new one with the same id fences nobody but the
+    /// old instance).
+    Fenced,
+    /// The producer cannot continue for another reason (the coordinator refused the
+    /// transaction's state, an answer made no sense). Fatal like `Fenced`.
+    Fatal,
+    /// `commit_transaction` or `abort_transaction` did not get a definite answer before its
+    /// deadline (timeouts, lost connections, the coordinator unavailable): the transaction may
+    /// or may not be decided. Calling the same method again is safe (the coordinator answers a
+    /// repeated EndTxn with the outcome it already reached) and is how to finish it.
+    OutcomeUnknown,
+}
+
+impl TxnErrorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnErrorKind::Abortable => "abortable",
+            TxnErrorKind::Fenced => "fenced",
+            TxnErrorKind::Fatal => "fatal",
+            TxnErrorKind::OutcomeUnknown => "outcome unknown",
+        }
+    }
+}
+
+/// One readable line for a transaction error.
+fn describe_txn_error(kind: TxnErrorKind, id: &str, message: &str) -> String {
+    match kind {
+        TxnErrorKind::Abortable => {
+            format!("transaction of '{id}' cannot commit and must be aborted: {message}")
+        }
+        TxnErrorKind::Fenced => format!(
+            "producer '{id}' was fenced (another producer with this transactional id started, \
+             or its transaction timed out and was aborted by the coordinator): {message}"
+        ),
+        TxnErrorKind::Fatal => format!("transactional producer '{id}' failed: {message}"),
+        TxnErrorKind::OutcomeUnknown => format!(
+            "transaction of '{id}' has an unknown outcome (call the same method again to \
+             finish it): {message}"
+        ),
+    }
+}
+
 /// The client's result type.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
@@ -296,6 +375,36 @@ mod tests {
             reason: "timed out".into(),
         };
         assert!(!unknown.is_retriable() && unknown.is_ambiguous());
+    }
+
+    #[test]
+    fn transaction_errors_say_what_to_do_next() {
+        let txn = |kind| ClientError::Transaction {
+            kind,
+            transactional_id: "tx".into(),
+            code: Some(ErrorCode::InvalidProducerEpoch),
+            message: "epoch 3 is old".into(),
+        };
+        let fenced = txn(TxnErrorKind::Fenced);
+        assert!(fenced.is_fenced() && !fenced.is_retriable() && !fenced.is_ambiguous());
+        assert_eq!(fenced.code(), Some(ErrorCode::InvalidProducerEpoch));
+        assert!(
+            fenced.to_string().starts_with("producer 'tx' was fenced"),
+            "{fenced}"
+        );
+        let unknown = txn(TxnErrorKind::OutcomeUnknown);
+        assert!(unknown.is_retriable() && unknown.is_ambiguous() && !unknown.is_fenced());
+        assert!(unknown.to_string().contains("call the same method again"));
+        for kind in [TxnErrorKind::Abortable, TxnErrorKind::Fatal] {
+            let e = txn(kind);
+            assert!(
+                !e.is_retriable() && !e.is_ambiguous() && !e.is_fenced(),
+                "{e}"
+            );
+            assert!(!e.to_string().contains('\n'));
+        }
+        // A plain produce error with the fencing code counts as fencing too.
+        assert!(ClientError::broker(ErrorCode::InvalidProducerEpoch, "", "t", 0).is_fenced());
     }
 
     #[test]

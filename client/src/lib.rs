@@ -4,11 +4,13 @@
 //!   correlation id, bounded in flight).
 //! - [`cluster`]: bootstrap, the metadata cache, leader lookup, connections per broker, retries.
 //! - [`partitioner`]: Kafka-compatible key hashing (murmur2) and sticky partitioning.
-//! - [`producer`]: batching per partition, one batch in flight per partition, retries that
-//!   keep order, bounded buffer memory.
+//! - [`producer`]: batching per partition, ordered retries, bounded buffer memory;
+//!   idempotence (on by default) and transactions (`init_transactions`, `begin_transaction`,
+//!   `send_offsets_to_transaction`, `commit_transaction`/`abort_transaction`).
 //! - [`consumer`]: assigned partitions or consumer-group subscriptions, seek, poll with one
-//!   prefetch per broker, offset commits.
-//! - [`coordinator`]: finding a consumer group's coordinator and sending it requests.
+//!   prefetch per broker, offset commits, read_uncommitted or read_committed isolation.
+//! - [`coordinator`]: finding a consumer group's or a transactional id's coordinator and
+//!   sending it requests.
 //! - [`admin`]: topics, configs, cluster metadata, consumer groups (list, describe with lag,
 //!   offset reset).
 //! - [`error`]: [`ClientError`], which says whether a failure is retriable and whether a write's
@@ -74,12 +76,14 @@ pub use cluster::{
     TopicPartition,
 };
 pub use consumer::{
-    CommitHandle, Consumer, ConsumerConfig, ConsumerRecord, NoopListener, RebalanceListener, SeekTo,
+    CommitHandle, Consumer, ConsumerConfig, ConsumerGroupMetadata, ConsumerRecord, IsolationLevel,
+    NoopListener, RebalanceListener, SeekTo,
 };
 pub use coordinator::CoordinatorInfo;
-pub use error::{ClientError, Result};
+pub use error::{ClientError, Result, TxnErrorKind};
 pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+    TransactionState,
 };
 pub use rafka_protocol as protocol;
 pub use rafka_protocol::{ErrorCode, Header, Offset, Timestamp};

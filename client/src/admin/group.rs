@@ -18,7 +18,7 @@ use super::Admin;
 use crate::cluster::{BrokerId, TopicPartition};
 use crate::consumer::group::{commit_offsets, fetch_committed, from_wire};
 use crate::consumer::{decode_records, list_offset, SeekTo};
-use crate::coordinator::{Coordinator, CoordinatorInfo, GroupResponse};
+use crate::coordinator::{Coordinator, CoordinatorInfo, CoordinatorResponse};
 use crate::error::{ClientError, Result};
 
 /// Bytes asked for when reading the record at a committed offset (for lag in ms). A batch

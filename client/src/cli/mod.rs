@@ -173,10 +173,11 @@ pub struct ProduceArgs {
     pub idempotent: Option<bool>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-    /// Transactional producer (not implemented yet).
+    /// Send every line in one transaction with this transactional id, committed at end of
+    /// input (JSON acks are printed once it committed). Fences earlier producers with the id.
     #[arg(long)]
     pub transactional_id: Option<String>,
-    /// Abort the transaction at end of input (needs --transactional-id).
+    /// Abort the transaction at end of input instead (needs --transactional-id).
     #[arg(long)]
     pub abort: bool,
 }
@@ -209,6 +210,7 @@ pub struct ConsumeArgs {
     /// Exit after this long without a new record.
     #[arg(long)]
     pub idle_timeout_ms: Option<u64>,
+    /// read_committed: only records outside transactions and of committed transactions.
     #[arg(long, value_enum, default_value = "read_uncommitted")]
     pub isolation: Isolation,
     #[arg(long, value_enum, default_value = "text")]
@@ -377,6 +379,61 @@ mod tests {
         // The global flag works after the subcommand too.
         let cli = parse(&["produce", "t", "--bootstrap", "x:9"]).unwrap();
         assert_eq!(cli.bootstrap, "x:9");
+    }
+
+    #[test]
+    fn transactional_produce_flags() {
+        let cli = parse(&[
+            "produce",
+            "t",
+            "--transactional-id",
+            "tx-1",
+            "--abort",
+            "--format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Produce(p) = cli.command else {
+            panic!("not produce")
+        };
+        assert_eq!(p.transactional_id.as_deref(), Some("tx-1"));
+        assert!(p.abort);
+        assert_eq!(p.format, Format::Json);
+        let cli = parse(&["produce", "t", "--transactional-id", "tx-1"]).unwrap();
+        let Command::Produce(p) = cli.command else {
+            panic!("not produce")
+        };
+        assert!(!p.abort, "commits by default");
+        assert!(parse(&["produce", "t", "--transactional-id"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn produce_rejects_transactional_flags_that_do_not_mix() {
+        let run = |extra: &[&str]| {
+            let mut a = vec!["produce", "t"];
+            a.extend_from_slice(extra);
+            let Command::Produce(p) = parse(&a).unwrap().command else {
+                panic!("not produce")
+            };
+            produce::run("127.0.0.1:1", p)
+        };
+        // Every one fails before any connection is attempted.
+        for (extra, mentions) in [
+            (&["--abort"][..], "--transactional-id"),
+            (&["--transactional-id", ""][..], "must not be empty"),
+            (
+                &["--transactional-id", "x", "--acks", "1"][..],
+                "--acks all",
+            ),
+            (
+                &["--transactional-id", "x", "--idempotent", "false"][..],
+                "idempotent",
+            ),
+        ] {
+            let e = run(extra).await.unwrap_err();
+            assert_eq!(e.exit_code, EXIT_USAGE, "{extra:?}");
+            assert!(e.message.contains(mentions), "{extra:?}: {}", e.message);
+        }
     }
 
     #[test]

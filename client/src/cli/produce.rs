@@ -5,6 +5,12 @@
 //! records and hands them to the producer (waiting when its buffer is full), and the command's
 //! own task awaits each record's outcome in input order, printing the JSON acks and collecting
 //! the lines that were not acknowledged.
+//!
+//! With `--transactional-id` every line goes into one transaction, committed at end of input
+//! (aborted with `--abort`). The JSON acks are held back and printed only once the commit
+//! succeeded, so a line printed is a record read_committed consumers will see; with `--abort`
+//! nothing is printed. A record that was not acknowledged, or bad input, aborts the
+//! transaction and the command fails.
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::format::{ack_json, line_ranges};
 use crate::cli::{AcksArg, CliError, CliResult, Format, ProduceArgs};
-use crate::error::ClientError;
+use crate::error::{ClientError, TxnErrorKind};
 use crate::producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
 
 /// Stdin lines read ahead of the producer.
@@ -41,12 +47,20 @@ enum Item {
     Stop(CliError),
 }
 
-pub async fn run(bootstrap: &str, args: ProduceArgs) -> CliResult {
-    if args.transactional_id.is_some() {
-        return Err(CliError::not_implemented("transactional producers are"));
-    }
-    if args.abort {
+/// A record acknowledged inside a transaction, printed once the transaction committed.
+struct Acked {
+    line: u64,
+    partition: u32,
+    offset: Option<u64>,
+}
+
+/// Checks the flags that do not mix; returns the acks and whether the producer is idempotent.
+fn check_flags(args: &ProduceArgs) -> CliResult<(Acks, bool)> {
+    if args.abort && args.transactional_id.is_none() {
         return Err(CliError::usage("--abort needs --transactional-id"));
+    }
+    if args.transactional_id.as_deref() == Some("") {
+        return Err(CliError::usage("--transactional-id must not be empty"));
     }
     if args.key_separator.as_deref() == Some("") {
         return Err(CliError::usage("--key-separator must not be empty"));
@@ -56,15 +70,32 @@ pub async fn run(bootstrap: &str, args: ProduceArgs) -> CliResult {
         AcksArg::One => Acks::Leader,
         AcksArg::Zero => Acks::None,
     };
+    if args.transactional_id.is_some() {
+        if acks != Acks::All {
+            return Err(CliError::usage("--transactional-id needs --acks all"));
+        }
+        if args.idempotent == Some(false) {
+            return Err(CliError::usage(
+                "--transactional-id needs an idempotent producer (drop --idempotent false)",
+            ));
+        }
+    }
     let enable_idempotence = args.idempotent.unwrap_or(acks == Acks::All);
     if enable_idempotence && acks != Acks::All {
         return Err(CliError::usage("--idempotent true needs --acks all"));
     }
+    Ok((acks, enable_idempotence))
+}
+
+pub async fn run(bootstrap: &str, args: ProduceArgs) -> CliResult {
+    let (acks, enable_idempotence) = check_flags(&args)?;
+    let transactional = args.transactional_id.is_some();
     let producer = Producer::new(ProducerConfig {
         bootstrap: bootstrap.to_owned(),
         client_id: "rafka-cli".to_owned(),
         acks,
         enable_idempotence,
+        transactional_id: args.transactional_id.clone(),
         ..ProducerConfig::default()
     })?;
     // Fail before reading any input when the topic or partition does not exist.
@@ -79,13 +110,19 @@ pub async fn run(bootstrap: &str, args: ProduceArgs) -> CliResult {
         }
     }
 
+    if transactional {
+        // Fences any earlier producer with this id and aborts what it left open.
+        producer.init_transactions().await?;
+        producer.begin_transaction().await?;
+    }
+
     let (line_tx, line_rx) = mpsc::channel(LINES_QUEUED_MAX);
     std::thread::spawn(move || read_lines(line_tx));
     let (item_tx, mut item_rx) = mpsc::channel(DELIVERIES_QUEUED_MAX);
     let sent = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let feeder = tokio::spawn(feed(
-        producer,
+        producer.clone(),
         args.topic.clone(),
         args.partition,
         args.key_separator.map(String::into_bytes),
@@ -96,6 +133,7 @@ pub async fn run(bootstrap: &str, args: ProduceArgs) -> CliResult {
     let progress = tokio::spawn(report_progress(sent.clone(), acked.clone()));
 
     let mut failures: Vec<(u64, ClientError)> = Vec::new();
+    let mut held: Vec<Acked> = Vec::new();
     let mut stop = None;
     let mut rejected = 0u64;
     let stdout = std::io::stdout();
@@ -104,11 +142,17 @@ pub async fn run(bootstrap: &str, args: ProduceArgs) -> CliResult {
             Item::Sent { line, delivery } => match delivery.await {
                 Ok(md) => {
                     acked.fetch_add(1, Ordering::Relaxed);
-                    if args.format == Format::Json {
-                        let mut out = stdout.lock();
-                        let json = ack_json(line, md.partition, md.offset.map(|o| o.0));
-                        // A closed stdout must not stop delivery; the exit code still tells.
-                        let _ = writeln!(out, "{json}").and_then(|()| out.flush());
+                    let offset = md.offset.map(|o| o.0);
+                    if transactional {
+                        if args.format == Format::Json && !args.abort {
+                            held.push(Acked {
+                                line,
+                                partition: md.partition,
+                                offset,
+                            });
+                        }
+                    } else if args.format == Format::Json {
+                        print_ack(&stdout, line, md.partition, offset);
                     }
                 }
                 Err(error) => failures.push((line, error)),
@@ -123,12 +167,74 @@ pub async fn run(bootstrap: &str, args: ProduceArgs) -> CliResult {
     let _ = feeder.await;
     progress.abort();
     let total = sent.load(Ordering::Relaxed) + rejected;
-    if !failures.is_empty() {
-        return Err(not_acknowledged(&failures, total));
+    let not_acked = (!failures.is_empty()).then(|| not_acknowledged(&failures, total));
+    if !transactional {
+        return match not_acked.or(stop) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
     }
-    match stop {
-        Some(e) => Err(e),
-        None => Ok(()),
+    end_transaction(&producer, args.abort, stop, not_acked).await?;
+    for a in held {
+        print_ack(&stdout, a.line, a.partition, a.offset);
+    }
+    Ok(())
+}
+
+fn print_ack(stdout: &std::io::Stdout, line: u64, partition: u32, offset: Option<u64>) {
+    let mut out = stdout.lock();
+    let json = ack_json(line, partition, offset);
+    // A closed stdout must not stop delivery; the exit code still tells.
+    let _ = writeln!(out, "{json}").and_then(|()| out.flush());
+}
+
+/// Ends the command's transaction: commits it, or aborts it when asked to (`--abort`), when
+/// the input stopped early (`stop`: unreadable stdin, a line without the key separator) or
+/// when records were not acknowledged (`not_acked`). Ok only when the outcome is the one asked
+/// for: with `--abort`, records that failed do not matter (nothing of the transaction becomes
+/// visible either way), but bad input still fails the command.
+async fn end_transaction(
+    producer: &Producer,
+    abort: bool,
+    stop: Option<CliError>,
+    not_acked: Option<CliError>,
+) -> CliResult {
+    // Why the transaction must not commit (or, with --abort, why the command fails anyway).
+    let problem = if abort { stop } else { not_acked.or(stop) };
+    if abort || problem.is_some() {
+        let aborted = producer.abort_transaction().await;
+        return match (problem, aborted) {
+            (None, Ok(())) => Ok(()),
+            (Some(p), Ok(())) => Err(CliError::failure(format!(
+                "transaction aborted: {}",
+                p.message
+            ))),
+            (Some(p), Err(e)) => Err(CliError::failure(format!(
+                "transaction not committed: {}; aborting it failed too: {e}",
+                p.message
+            ))),
+            (None, Err(e)) => Err(CliError::failure(format!(
+                "aborting the transaction failed: {e}"
+            ))),
+        };
+    }
+    match producer.commit_transaction().await {
+        Ok(()) => Ok(()),
+        Err(
+            e @ ClientError::Transaction {
+                kind: TxnErrorKind::Abortable,
+                ..
+            },
+        ) => {
+            let aborted = producer.abort_transaction().await;
+            Err(CliError::failure(match aborted {
+                Ok(()) => format!("transaction aborted: {e}"),
+                Err(abort) => format!("{e}; aborting it failed too: {abort}"),
+            }))
+        }
+        Err(e) => Err(CliError::failure(format!(
+            "committing the transaction failed: {e}"
+        ))),
     }
 }
 

@@ -418,24 +418,7 @@ pub async fn commit_offsets(
     let config = coordinator.cluster().config();
     let deadline = Instant::now() + config.request_timeout;
     let backoff = config.retry_backoff;
-    let mut by_topic: BTreeMap<&str, Vec<OffsetCommitPartition>> = BTreeMap::new();
-    for (tp, offset) in offsets {
-        by_topic
-            .entry(&tp.topic)
-            .or_default()
-            .push(OffsetCommitPartition {
-                partition: tp.partition,
-                offset: offset.0,
-                metadata: String::new(),
-            });
-    }
-    let topics: Vec<OffsetCommitTopic> = by_topic
-        .into_iter()
-        .map(|(name, partitions)| OffsetCommitTopic {
-            name: name.to_owned(),
-            partitions,
-        })
-        .collect();
+    let topics = offsets_to_wire(offsets);
     let mut unknown_since: Option<ClientError> = None;
     loop {
         let attempt = match identity() {
@@ -478,6 +461,28 @@ pub async fn commit_offsets(
             None => e,
         });
     }
+}
+
+/// Offsets to commit grouped by topic, as OffsetCommit and TxnOffsetCommit carry them.
+pub fn offsets_to_wire(offsets: &BTreeMap<TopicPartition, Offset>) -> Vec<OffsetCommitTopic> {
+    let mut by_topic: BTreeMap<&str, Vec<OffsetCommitPartition>> = BTreeMap::new();
+    for (tp, offset) in offsets {
+        by_topic
+            .entry(&tp.topic)
+            .or_default()
+            .push(OffsetCommitPartition {
+                partition: tp.partition,
+                offset: offset.0,
+                metadata: String::new(),
+            });
+    }
+    by_topic
+        .into_iter()
+        .map(|(name, partitions)| OffsetCommitTopic {
+            name: name.to_owned(),
+            partitions,
+        })
+        .collect()
 }
 
 /// The committed offsets of `partitions` (all of the group's when empty); `None` where

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rafka_protocol::api::member_epoch;
 use rafka_protocol::Offset;
 use tokio::time::Instant;
 
@@ -19,6 +20,28 @@ use crate::cluster::TopicPartition;
 use crate::connection::lock;
 use crate::coordinator::Coordinator;
 use crate::error::{ClientError, Result};
+
+/// Who is consuming, as a transactional producer's `send_offsets_to_transaction` needs it:
+/// the group coordinator checks a transactional offset commit as it checks the member's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMetadata {
+    pub group_id: String,
+    /// Empty outside the group (a consumer using `assign`; then `member_epoch` is -1 and the
+    /// commit is allowed only while the group has no members).
+    pub member_id: String,
+    pub member_epoch: i32,
+}
+
+impl ConsumerGroupMetadata {
+    /// For offsets of a consumer that is not a member of the group (it uses `assign`).
+    pub fn standalone(group_id: impl Into<String>) -> ConsumerGroupMetadata {
+        ConsumerGroupMetadata {
+            group_id: group_id.into(),
+            member_id: String::new(),
+            member_epoch: member_epoch::NONE,
+        }
+    }
+}
 
 /// What `group_step` found to do.
 enum Action {
@@ -131,8 +154,28 @@ impl Consumer {
         Some(epoch)
     }
 
+    /// The group and this member as they are now, for a transactional producer's
+    /// `send_offsets_to_transaction` (`None` without `ConsumerConfig::group_id`). Take it
+    /// right after the `poll` whose records the transaction processed: a rebalance since then
+    /// changes the epoch, and the offsets of partitions this member no longer owns are refused
+    /// (the transaction must then abort).
+    pub fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        let group_id = self.config.group_id.clone()?;
+        Some(match &self.subscription {
+            Some(sub) => {
+                let st = lock(&sub.member.shared.state);
+                ConsumerGroupMetadata {
+                    group_id,
+                    member_id: st.member_id.clone(),
+                    member_epoch: st.member_epoch,
+                }
+            }
+            None => ConsumerGroupMetadata::standalone(group_id),
+        })
+    }
+
     /// The positions of owned partitions that have one, limited to `only` when given.
-    fn positions_to_commit(
+    pub(super) fn positions_to_commit(
         &self,
         only: Option<&[TopicPartition]>,
     ) -> BTreeMap<TopicPartition, Offset> {

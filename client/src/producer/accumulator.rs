@@ -12,6 +12,11 @@
 //!   batches with it, where the broker's sequence check keeps the order and drops duplicates;
 //! - with idempotence, each batch's producer id, epoch and sequence number, stamped when the
 //!   batch is first taken for sending and kept across its retries;
+//! - with transactions, whether each partition was added to the current transaction
+//!   (AddPartitionsToTxn): a partition's batches wait until it was, because the partition
+//!   leader refuses transactional batches of a partition the coordinator does not know to be
+//!   in the transaction; and the switch to the next producer epoch when a transaction ends,
+//!   for every partition at once;
 //! - which waiting batches expired their delivery timeout.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -41,6 +46,22 @@ pub(crate) type Completion = oneshot::Sender<Result<RecordMetadata>>;
 pub(crate) struct Identity {
     pub producer_id: ProducerId,
     pub epoch: ProducerEpoch,
+}
+
+impl Identity {
+    /// An identity as InitProducerId or EndTxn answers it (the epoch travels as an i32).
+    pub fn from_wire(producer_id: i64, epoch: i32) -> Result<Identity> {
+        match i16::try_from(epoch) {
+            Ok(epoch) if producer_id >= 0 && epoch >= 0 => Ok(Identity {
+                producer_id: ProducerId(producer_id),
+                epoch: ProducerEpoch(epoch),
+            }),
+            _ => Err(ClientError::Protocol {
+                addr: String::new(),
+                reason: format!("invalid producer id {producer_id} or epoch {epoch}"),
+            }),
+        }
+    }
 }
 
 /// `seq` advanced by `n`, wrapping from `i32::MAX` to 0 as the broker does.
@@ -92,8 +113,9 @@ impl ProducerBatch {
         !std::mem::replace(&mut self.closed, true)
     }
 
-    /// Encodes the batch (once), stamped with the producer identity and first sequence.
-    fn seal(&mut self, stamp: Option<(Identity, i32)>) {
+    /// Encodes the batch (once), stamped with the producer identity and first sequence, and
+    /// marked transactional (every batch of a transactional producer belongs to a transaction).
+    fn seal(&mut self, stamp: Option<(Identity, i32)>, transactional: bool) {
         let Some(mut builder) = self.builder.take() else {
             return;
         };
@@ -102,6 +124,7 @@ impl ProducerBatch {
             o.producer_id = identity.producer_id;
             o.producer_epoch = identity.epoch;
             o.base_sequence = Sequence(seq);
+            o.transactional = transactional;
             self.stamp = stamp;
         }
         self.bytes = Some(builder.build());
@@ -158,6 +181,17 @@ impl ProducerBatch {
     }
 }
 
+/// Where a partition stands in the current transaction.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum TxnMembership {
+    #[default]
+    NotAdded,
+    /// In the AddPartitionsToTxn request in flight.
+    Adding,
+    /// The coordinator knows it is in the transaction: its batches may go.
+    Added,
+}
+
 /// The batches of one partition.
 #[derive(Default)]
 struct PartitionQueue {
@@ -177,6 +211,17 @@ struct PartitionQueue {
     /// Send order of the next batch taken, and of the batches taken but not yet finished.
     next_order: u64,
     unfinished: BTreeSet<u64>,
+    /// With transactions: whether the partition is in the current transaction.
+    txn: TxnMembership,
+}
+
+/// How batches are stamped when first taken (a copy of the accumulator's settings, so a
+/// queue can be borrowed mutably meanwhile).
+#[derive(Clone, Copy)]
+struct Stamping {
+    idempotent: bool,
+    transactional: bool,
+    identity: Option<Identity>,
 }
 
 /// One record to append.
@@ -203,6 +248,9 @@ pub(crate) struct Ready {
     pub partitions: Vec<TopicPartition>,
     /// When to look again if nothing else happens.
     pub next_check: Option<Instant>,
+    /// With transactions: partitions with records queued that must be added to the
+    /// transaction before they can send (not in it yet, nor being added).
+    pub to_add: Vec<TopicPartition>,
 }
 
 pub(crate) struct Accumulator {
@@ -212,6 +260,9 @@ pub(crate) struct Accumulator {
     /// Batches of one partition in flight at most (with idempotence; without, one request).
     max_in_flight_per_partition: usize,
     idempotent: bool,
+    /// Every batch belongs to a transaction: it is marked transactional and waits for its
+    /// partition to be added to the transaction. Implies `idempotent`.
+    transactional: bool,
     /// The identity new partitions stamp their batches with; `None` until InitProducerId
     /// answered (nothing is taken for sending until then).
     identity: Option<Identity>,
@@ -231,6 +282,7 @@ impl Accumulator {
             delivery_timeout,
             max_in_flight_per_partition: 1,
             idempotent: false,
+            transactional: false,
             identity: None,
             queues: HashMap::new(),
             partitioner: Partitioner::default(),
@@ -254,6 +306,15 @@ impl Accumulator {
         self
     }
 
+    /// Turns transactions on (with idempotence, which they need): batches are marked
+    /// transactional, and a partition's batches wait until the partition was added to the
+    /// current transaction ([`Accumulator::start_adding`], [`Accumulator::partitions_added`]).
+    pub fn with_transactions(mut self, max_in_flight_per_partition: usize) -> Accumulator {
+        self = self.with_idempotence(max_in_flight_per_partition);
+        self.transactional = true;
+        self
+    }
+
     /// Whether the producer needs an identity before it can send.
     pub fn needs_identity(&self) -> bool {
         self.idempotent && self.identity.is_none()
@@ -261,6 +322,95 @@ impl Accumulator {
 
     pub fn set_identity(&mut self, identity: Identity) {
         self.identity = Some(identity);
+    }
+
+    /// The identity batches taken from now on are stamped with (for partitions that have not
+    /// started their sequence under another one).
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity
+    }
+
+    /// Starts a new producer identity for every partition at once: a transaction ended and
+    /// EndTxn handed out the next epoch, under which every partition starts again at sequence
+    /// 0 and outside the (next) transaction. Only allowed while nothing is queued or in flight:
+    /// a batch stamped under the old epoch must never be resent among the new epoch's
+    /// sequences, and an unsent record of the ended transaction must not join the next one.
+    pub fn switch_epoch(&mut self, identity: Identity) -> std::result::Result<(), String> {
+        if let Some((tp, q)) = self
+            .queues
+            .iter()
+            .find(|(_, q)| !q.batches.is_empty() || q.in_flight > 0)
+        {
+            return Err(format!(
+                "{tp} still has {} batches queued and {} in flight at the end of the transaction",
+                q.batches.len(),
+                q.in_flight
+            ));
+        }
+        self.identity = Some(identity);
+        // Every per-partition state (sequences, membership, send order) belongs to the old
+        // epoch; empty queues hold nothing else.
+        self.queues.clear();
+        Ok(())
+    }
+
+    /// Marks `tps` as being added to the transaction (an AddPartitionsToTxn is on its way).
+    pub fn start_adding(&mut self, tps: &[TopicPartition]) {
+        for tp in tps {
+            if let Some(q) = self.queues.get_mut(tp) {
+                q.txn = TxnMembership::Adding;
+            }
+        }
+    }
+
+    /// The coordinator added `tps` to the transaction of `identity`: their batches may go.
+    /// An answer for an earlier epoch (a transaction that has ended since) is ignored.
+    pub fn partitions_added(&mut self, tps: &[TopicPartition], identity: Identity) {
+        self.set_membership(tps, identity, TxnMembership::Added);
+    }
+
+    /// Adding `tps` failed; they may be asked for again (ignored for an earlier epoch).
+    pub fn adding_failed(&mut self, tps: &[TopicPartition], identity: Identity) {
+        self.set_membership(tps, identity, TxnMembership::NotAdded);
+    }
+
+    fn set_membership(&mut self, tps: &[TopicPartition], identity: Identity, to: TxnMembership) {
+        if self.identity != Some(identity) {
+            return;
+        }
+        for tp in tps {
+            if let Some(q) = self
+                .queues
+                .get_mut(tp)
+                .filter(|q| q.txn == TxnMembership::Adding)
+            {
+                q.txn = to;
+            }
+        }
+    }
+
+    /// Whether an AddPartitionsToTxn is on its way (one at a time: partitions that become
+    /// ready meanwhile go in the next one).
+    pub fn adding_in_flight(&self) -> bool {
+        self.queues.values().any(|q| q.txn == TxnMembership::Adding)
+    }
+
+    /// Removes every batch waiting to be sent (never sent, or waiting for a retry) so the
+    /// caller can fail them: their transaction is being aborted or can no longer commit.
+    /// Batches in flight stay until their responses come back.
+    pub fn abort_queued(&mut self) -> Vec<ProducerBatch> {
+        let mut aborted = Vec::new();
+        for q in self.queues.values_mut() {
+            for mut b in q.batches.drain(..) {
+                b.close();
+                if let Some(o) = b.order {
+                    q.unfinished.remove(&o);
+                }
+                aborted.push(b);
+            }
+            q.backoff_until = None;
+        }
+        aborted
     }
 
     /// Whether a batch of `tp` sent before the one at `order` is still unfinished: then an
@@ -276,8 +426,12 @@ impl Accumulator {
     /// Gives up on `tp`'s sequence numbers after a batch that carried one failed for good
     /// (its fate, and so the broker's next expected sequence, is unknown): batches taken from
     /// now on get a fresh producer identity and start again at sequence 0.
+    ///
+    /// Not with transactions: the failure makes the transaction abort, and the epoch that
+    /// follows the abort starts every partition again at sequence 0 (`switch_epoch`). A new
+    /// producer id from any broker would be outside the transaction.
     pub fn reset_sequences(&mut self, tp: &TopicPartition) {
-        if !self.idempotent {
+        if !self.idempotent || self.transactional {
             return;
         }
         if let Some(q) = self.queues.get_mut(tp) {
@@ -391,6 +545,7 @@ impl Accumulator {
     /// Partitions whose first batch should be sent now, and when to check again.
     pub fn ready(&self, now: Instant) -> Ready {
         let mut partitions = Vec::new();
+        let mut to_add = Vec::new();
         let mut next_check: Option<Instant> = None;
         let mut consider = |t: Instant| {
             next_check = Some(next_check.map_or(t, |n| n.min(t)));
@@ -399,6 +554,12 @@ impl Accumulator {
             let Some(first) = q.batches.front() else {
                 continue;
             };
+            if self.transactional && q.txn == TxnMembership::NotAdded {
+                // Asked for at once rather than after linger: the round trip to the
+                // coordinator overlaps the batch filling up.
+                to_add.push(tp.clone());
+                continue;
+            }
             if !self.may_send(q, first) {
                 continue;
             }
@@ -422,9 +583,11 @@ impl Accumulator {
         }
         // Oldest-first keeps latency fair when requests are capped in size.
         partitions.sort_by_key(|tp| self.queues[tp].batches.front().map(|b| b.created));
+        to_add.sort();
         Ready {
             partitions,
             next_check,
+            to_add,
         }
     }
 
@@ -439,6 +602,9 @@ impl Accumulator {
         if self.identity.is_none() && q.identity.is_none() {
             return false;
         }
+        if self.transactional && q.txn != TxnMembership::Added {
+            return false;
+        }
         q.in_flight < self.max_in_flight_per_partition && (first.attempts == 0 || q.in_flight == 0)
     }
 
@@ -450,6 +616,7 @@ impl Accumulator {
         if !self.may_send(queue, first) {
             return None;
         }
+        let how = self.stamping();
         let queue = self.queues.get_mut(tp)?;
         let mut batch = queue.batches.pop_front()?;
         if batch.close() {
@@ -457,21 +624,25 @@ impl Accumulator {
                 .on_batch_closed(&tp.topic, tp.partition, batch.partitions_in_topic);
         }
         queue.backoff_until = None;
-        Self::start_sending(queue, &mut batch, self.idempotent, self.identity);
+        Self::start_sending(queue, &mut batch, how);
         Some(batch)
     }
 
+    fn stamping(&self) -> Stamping {
+        Stamping {
+            idempotent: self.idempotent,
+            transactional: self.transactional,
+            identity: self.identity,
+        }
+    }
+
     /// Encodes and stamps a batch on its first send; counts it in flight.
-    fn start_sending(
-        queue: &mut PartitionQueue,
-        batch: &mut ProducerBatch,
-        idempotent: bool,
-        identity: Option<Identity>,
-    ) {
+    fn start_sending(queue: &mut PartitionQueue, batch: &mut ProducerBatch, how: Stamping) {
         if batch.order.is_none() {
-            let stamp = if idempotent {
+            let stamp = if how.idempotent {
                 let id = *queue.identity.get_or_insert_with(|| {
-                    identity.expect("may_send checked that an identity exists")
+                    how.identity
+                        .expect("may_send checked that an identity exists")
                 });
                 let seq = queue.next_sequence;
                 queue.next_sequence = seq_add(seq, batch.record_count());
@@ -479,7 +650,7 @@ impl Accumulator {
             } else {
                 None
             };
-            batch.seal(stamp);
+            batch.seal(stamp, how.transactional);
             batch.order = Some(queue.next_order);
             queue.unfinished.insert(queue.next_order);
             queue.next_order += 1;
@@ -499,11 +670,8 @@ impl Accumulator {
         };
         let mut bytes = first.size_bytes();
         let mut train = vec![first];
-        let (idempotent, identity, limit) = (
-            self.idempotent,
-            self.identity,
-            self.max_in_flight_per_partition,
-        );
+        let (how, limit) = (self.stamping(), self.max_in_flight_per_partition);
+        let idempotent = how.idempotent;
         if let Some(queue) = self.queues.get_mut(tp) {
             while let Some(next) = queue.batches.front() {
                 if next.is_open()
@@ -516,7 +684,7 @@ impl Accumulator {
                 let Some(mut next) = queue.batches.pop_front() else {
                     break;
                 };
-                Self::start_sending(queue, &mut next, idempotent, identity);
+                Self::start_sending(queue, &mut next, how);
                 bytes += next.size_bytes();
                 train.push(next);
             }
@@ -894,5 +1062,190 @@ mod tests {
         a.set_identity(identity(8));
         let next = a.take(&tp).unwrap();
         assert_eq!(stamp_of(&next), (8, 0));
+    }
+
+    fn epoch(id: i64, epoch: i16) -> Identity {
+        Identity {
+            producer_id: rafka_protocol::ProducerId(id),
+            epoch: rafka_protocol::ProducerEpoch(epoch),
+        }
+    }
+
+    fn header_of(b: &ProducerBatch) -> rafka_protocol::BatchHeader {
+        rafka_protocol::BatchHeader::parse(&b.bytes()).unwrap()
+    }
+
+    /// A transactional accumulator with one-record batches queued for t-0 and t-1.
+    fn transactional(
+        per_partition: usize,
+    ) -> (Accumulator, Vec<oneshot::Receiver<Result<RecordMetadata>>>) {
+        let t0 = Instant::now();
+        let mut a = acc(100).with_transactions(5);
+        let mut rxs = Vec::new();
+        let value = [1u8; 60];
+        for _ in 0..per_partition {
+            for p in 0..2 {
+                let (r, rx) = record(&value);
+                a.append("t", Some(p), 2, r, t0).unwrap();
+                rxs.push(rx);
+            }
+        }
+        (a, rxs)
+    }
+
+    #[test]
+    fn transactional_batches_wait_until_their_partition_is_in_the_transaction() {
+        let (tp0, tp1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let (mut a, _rxs) = transactional(2);
+        a.set_identity(epoch(9, 3));
+        let now = Instant::now() + Duration::from_secs(1);
+        let ready = a.ready(now);
+        assert!(
+            ready.partitions.is_empty(),
+            "nothing goes before AddPartitionsToTxn"
+        );
+        assert_eq!(ready.to_add, vec![tp0.clone(), tp1.clone()]);
+        assert!(a.take(&tp0).is_none());
+        a.start_adding(&ready.to_add);
+        assert!(a.adding_in_flight());
+        assert!(a.ready(now).to_add.is_empty(), "asked for once");
+        // The coordinator added t-0 only (say t-1 is retried later).
+        a.partitions_added(std::slice::from_ref(&tp0), epoch(9, 3));
+        a.adding_failed(std::slice::from_ref(&tp1), epoch(9, 3));
+        assert!(!a.adding_in_flight());
+        let ready = a.ready(now);
+        assert_eq!(ready.partitions, vec![tp0.clone()]);
+        assert_eq!(
+            ready.to_add,
+            vec![tp1.clone()],
+            "a failed add is asked for again"
+        );
+        let train = a.take_train(&tp0, usize::MAX);
+        assert_eq!(train.len(), 2);
+        for (i, b) in train.iter().enumerate() {
+            let h = header_of(b);
+            assert!(
+                h.attributes.is_transactional(),
+                "the transactional bit is set"
+            );
+            assert!(!h.attributes.is_control());
+            assert_eq!(
+                (h.producer_id.0, h.producer_epoch.0, h.base_sequence.0),
+                (9, 3, i as i32)
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_for_an_ended_transaction_is_ignored() {
+        let tp0 = TopicPartition::new("t", 0);
+        let (mut a, _rxs) = transactional(1);
+        a.set_identity(epoch(9, 3));
+        let ready = a.ready(Instant::now());
+        a.start_adding(&ready.to_add);
+        // An answer for epoch 2 (a transaction that ended) does not let the batches go.
+        a.partitions_added(&ready.to_add, epoch(9, 2));
+        assert!(a.take(&tp0).is_none());
+        assert!(a.adding_in_flight());
+    }
+
+    #[test]
+    fn a_new_epoch_restarts_every_partition_at_sequence_zero_outside_the_transaction() {
+        let tp0 = TopicPartition::new("t", 0);
+        let (mut a, _rxs) = transactional(3);
+        a.set_identity(epoch(9, 3));
+        let ready = a.ready(Instant::now());
+        a.start_adding(&ready.to_add);
+        a.partitions_added(&ready.to_add, epoch(9, 3));
+        let train = a.take_train(&tp0, usize::MAX);
+        assert_eq!(train.len(), 3);
+        // Refused while batches are in flight or queued (t-1 was never sent).
+        let e = a.switch_epoch(epoch(9, 4)).unwrap_err();
+        assert!(e.contains("in flight") || e.contains("queued"), "{e}");
+        for b in &train {
+            a.finish(&tp0, b.order);
+        }
+        let tp1 = TopicPartition::new("t", 1);
+        let t1 = a.take_train(&tp1, usize::MAX);
+        for b in &t1 {
+            a.finish(&tp1, b.order);
+        }
+        assert!(a.is_empty());
+        a.switch_epoch(epoch(9, 4)).unwrap();
+        assert_eq!(a.identity(), Some(epoch(9, 4)));
+        // The next transaction: the partition must be added again, and starts at sequence 0.
+        let (r, _rx) = record(b"next");
+        a.append("t", Some(0), 2, r, Instant::now()).unwrap();
+        let ready = a.ready(Instant::now());
+        assert_eq!(ready.to_add, vec![tp0.clone()]);
+        a.start_adding(&ready.to_add);
+        a.partitions_added(&ready.to_add, epoch(9, 4));
+        let next = a.take(&tp0).unwrap();
+        let h = header_of(&next);
+        assert_eq!(
+            (h.producer_id.0, h.producer_epoch.0, h.base_sequence.0),
+            (9, 4, 0)
+        );
+    }
+
+    #[test]
+    fn aborting_takes_every_queued_batch_but_not_those_in_flight() {
+        let tp0 = TopicPartition::new("t", 0);
+        let t0 = Instant::now();
+        let (mut a, mut rxs) = transactional(3);
+        a.set_identity(epoch(1, 0));
+        let ready = a.ready(t0);
+        a.start_adding(&ready.to_add);
+        a.partitions_added(&ready.to_add, epoch(1, 0));
+        let mut first = a.take(&tp0).unwrap();
+        let second = a.take(&tp0).unwrap();
+        // The first comes back for a retry; the second is still in flight.
+        first.attempts += 1;
+        a.requeue(first, t0);
+        let aborted = a.abort_queued();
+        assert_eq!(
+            aborted.len(),
+            5,
+            "the retry, t-0's unsent batch and t-1's three"
+        );
+        assert!(!a.is_empty(), "the batch in flight stays");
+        for b in aborted {
+            b.fail(ClientError::Closed);
+        }
+        a.finish(&tp0, second.order);
+        drop(second);
+        assert!(a.is_empty());
+        a.switch_epoch(epoch(1, 1)).unwrap();
+        let failed = rxs
+            .iter_mut()
+            .map(|rx| rx.try_recv())
+            .filter(|r| matches!(r, Ok(Err(ClientError::Closed))))
+            .count();
+        assert_eq!(failed, 5);
+    }
+
+    #[test]
+    fn a_transactional_failure_keeps_the_identity() {
+        let tp0 = TopicPartition::new("t", 0);
+        let (mut a, _rxs) = transactional(1);
+        a.set_identity(epoch(1, 0));
+        let ready = a.ready(Instant::now());
+        a.start_adding(&ready.to_add);
+        a.partitions_added(&ready.to_add, epoch(1, 0));
+        let b = a.take(&tp0).unwrap();
+        a.finish(&tp0, b.order);
+        a.reset_sequences(&tp0);
+        assert!(
+            !a.needs_identity(),
+            "the transaction aborts and the next epoch resets sequences instead"
+        );
+    }
+
+    #[test]
+    fn identities_from_the_wire_are_checked() {
+        assert_eq!(Identity::from_wire(5, 7).unwrap(), epoch(5, 7));
+        assert!(Identity::from_wire(5, 40_000).is_err());
+        assert!(Identity::from_wire(-1, 0).is_err());
+        assert!(Identity::from_wire(5, -1).is_err());
     }
 }

@@ -14,10 +14,25 @@
 //! original offsets). Without it, one request per partition is in flight so that retries
 //! cannot reorder records, and a retry after an ambiguous failure may duplicate.
 //!
-//! The producer stops when its last handle is dropped, after sending what was queued.
+//! Transactions (a [`ProducerConfig::transactional_id`]) build on idempotence: the identity
+//! comes from the transaction coordinator (`init_transactions`), every record is sent inside a
+//! transaction that commits or aborts as a whole, and consumed offsets can join it
+//! (`send_offsets_to_transaction`), so a read-process-write loop is exactly-once for
+//! read_committed consumers. [`txn_state`] is the state machine (which call is allowed when),
+//! [`txn`] the requests to the coordinators; the sender adds each partition to the transaction
+//! before its first batch goes. Each transaction ends with a new producer epoch (EndTxn hands
+//! it out), under which every partition starts again at sequence 0.
+//!
+//! The producer stops when its last handle is dropped, after sending what was queued (an open
+//! transaction is then aborted by the coordinator when it times out, or by the next producer
+//! with the same transactional id).
 
 mod accumulator;
 mod sender;
+mod txn;
+mod txn_state;
+
+pub use txn_state::TransactionState;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -89,10 +104,19 @@ pub struct ProducerConfig {
     pub retry_backoff_ms: u64,
     /// Longest wait for one produce response; after it the attempt's outcome is unknown.
     pub request_timeout_ms: u64,
-    /// Longest time from `send` to the final outcome, retries included.
+    /// Longest time from `send` to the final outcome, retries included. Also bounds each
+    /// transactional call's requests to the coordinators (init, offsets, commit, abort).
     pub delivery_timeout_ms: u64,
     /// Record bytes queued or in flight at most; `send` waits while this is reached.
     pub buffer_bytes_max: usize,
+    /// Makes the producer transactional (needs idempotence): records are sent only inside
+    /// transactions (`init_transactions` once, then `begin_transaction` ...
+    /// `commit_transaction` or `abort_transaction`). Producers with the same id fence each
+    /// other: the newest `init_transactions` wins and aborts what its predecessor left open.
+    pub transactional_id: Option<String>,
+    /// How long the coordinator lets a transaction stay open before aborting it (which fences
+    /// this producer). Sent with InitProducerId.
+    pub transaction_timeout_ms: u64,
 }
 
 impl Default for ProducerConfig {
@@ -111,6 +135,8 @@ impl Default for ProducerConfig {
             request_timeout_ms: 30_000,
             delivery_timeout_ms: 120_000,
             buffer_bytes_max: 64 << 20,
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
         }
     }
 }
@@ -151,6 +177,29 @@ impl ProducerConfig {
                 return invalid(format!(
                     "max_in_flight_per_partition must be within 1..={MAX_IN_FLIGHT_PER_PARTITION_IDEMPOTENT} with idempotence, not {}",
                     self.max_in_flight_per_partition
+                ));
+            }
+        }
+        if let Some(id) = &self.transactional_id {
+            if id.is_empty() {
+                return invalid(
+                    "transactional_id must not be empty (use None for a producer without \
+                     transactions)"
+                        .into(),
+                );
+            }
+            if !self.enable_idempotence {
+                return invalid(
+                    "transactions need idempotence: set enable_idempotence (and acks=all)".into(),
+                );
+            }
+            // The wire field is a u32; 0 there would mean "the broker's default".
+            if self.transaction_timeout_ms == 0 || self.transaction_timeout_ms > u64::from(u32::MAX)
+            {
+                return invalid(format!(
+                    "transaction_timeout_ms must be in 1..={}, not {}",
+                    u32::MAX,
+                    self.transaction_timeout_ms
                 ));
             }
         }
@@ -248,6 +297,28 @@ struct Shared {
     wake: Notify,
     /// Set while a metadata refresh for unknown leaders runs, so only one runs at a time.
     refreshing: AtomicBool,
+    /// With a transactional id: the transaction's state and coordinator. Its state mutex is
+    /// taken only while `accumulator` is held or with no other lock, never the other way.
+    txn: Option<txn::Txn>,
+}
+
+impl Shared {
+    /// Waits for the batches behind `signals` (from `begin_flush`) to complete, then ends the
+    /// flush (also when this future is dropped half-way).
+    async fn wait_flushed(&self, signals: Vec<tokio::sync::watch::Receiver<()>>) {
+        struct EndFlush<'a>(&'a Shared);
+        impl Drop for EndFlush<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.accumulator).end_flush();
+            }
+        }
+        let _end = EndFlush(self);
+        self.wake.notify_one();
+        for mut signal in signals {
+            // Nothing is ever sent on the channel: `changed` returns when the batch is dropped.
+            let _ = signal.changed().await;
+        }
+    }
 }
 
 /// Closes the accumulator when the last handle goes, so the sender drains and exits.
@@ -279,9 +350,15 @@ impl Producer {
             Duration::from_millis(config.linger_ms),
             Duration::from_millis(config.delivery_timeout_ms),
         );
-        if config.enable_idempotence {
+        if config.transactional_id.is_some() {
+            accumulator = accumulator.with_transactions(config.max_in_flight_per_partition);
+        } else if config.enable_idempotence {
             accumulator = accumulator.with_idempotence(config.max_in_flight_per_partition);
         }
+        let txn = config
+            .transactional_id
+            .as_ref()
+            .map(|id| txn::Txn::new(cluster.clone(), id));
         let shared = Arc::new(Shared {
             cluster,
             memory: Arc::new(Semaphore::new(config.buffer_bytes_max)),
@@ -289,6 +366,7 @@ impl Producer {
             accumulator: Mutex::new(accumulator),
             wake: Notify::new(),
             refreshing: AtomicBool::new(false),
+            txn,
         });
         tokio::spawn(sender::run(shared.clone()));
         Ok(Producer {
@@ -301,7 +379,17 @@ impl Producer {
 
     /// Queues `record` and returns a future for its outcome. Waits while the buffer is full.
     /// Fails at once if the topic or partition does not exist or the record is too large.
+    ///
+    /// A transactional producer sends only between `begin_transaction` and the end of the
+    /// transaction ([`ClientError::InvalidArgument`] otherwise), and not once the transaction
+    /// must be aborted (its [`ClientError::Transaction`] error). A record's future says whether
+    /// the broker stored it; whether it becomes visible to read_committed consumers is decided
+    /// by the transaction's end.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        if let Some(txn) = &self.shared.txn {
+            // Fail fast; checked again under the accumulator's lock before appending.
+            lock(&txn.core).check_in_transaction("send")?;
+        }
         let estimate = BatchBuilder::estimated_record_bytes(
             record.key.as_deref(),
             record.value.as_deref(),
@@ -342,20 +430,29 @@ impl Producer {
         let (tx, rx) = oneshot::channel();
         let appended = {
             let mut acc = lock(&self.shared.accumulator);
-            acc.append(
-                &record.topic,
-                record.partition,
-                partitions,
-                NewRecord {
-                    timestamp: Some(record.timestamp.unwrap_or_else(Timestamp::now)),
-                    key: record.key.as_deref(),
-                    value: record.value.as_deref(),
-                    headers: &record.headers,
-                    completion: tx,
-                    reserved_bytes: estimate,
-                },
-                Instant::now(),
-            )
+            // Under the accumulator's lock, as commit and abort take it to change the state and
+            // collect what to flush: the record joins the transaction being ended, or is
+            // refused; it never slips into the next one.
+            let open = match &self.shared.txn {
+                Some(txn) => lock(&txn.core).check_in_transaction("send"),
+                None => Ok(()),
+            };
+            open.and_then(|()| {
+                acc.append(
+                    &record.topic,
+                    record.partition,
+                    partitions,
+                    NewRecord {
+                        timestamp: Some(record.timestamp.unwrap_or_else(Timestamp::now)),
+                        key: record.key.as_deref(),
+                        value: record.value.as_deref(),
+                        headers: &record.headers,
+                        completion: tx,
+                        reserved_bytes: estimate,
+                    },
+                    Instant::now(),
+                )
+            })
         };
         match appended {
             Ok(a) => {
@@ -390,23 +487,67 @@ impl Producer {
     /// an outcome (read the outcomes from their [`DeliveryFuture`]s).
     pub async fn flush(&self) {
         let signals = lock(&self.shared.accumulator).begin_flush();
-        // Ends the flush even if this future is dropped half-way.
-        struct EndFlush<'a>(&'a Shared);
-        impl Drop for EndFlush<'_> {
-            fn drop(&mut self) {
-                lock(&self.0.accumulator).end_flush();
-            }
-        }
-        let _end = EndFlush(&self.shared);
-        self.shared.wake.notify_one();
-        for mut signal in signals {
-            // Nothing is ever sent on the channel: `changed` returns when the batch is dropped.
-            let _ = signal.changed().await;
-        }
+        self.shared.wait_flushed(signals).await;
     }
 
     /// The cluster view this producer uses (metadata, connections).
     pub fn cluster(&self) -> &Cluster {
         &self.shared.cluster
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactions_need_idempotence_and_a_sane_timeout() {
+        let txn = ProducerConfig {
+            transactional_id: Some("tx".into()),
+            ..ProducerConfig::default()
+        };
+        txn.validate().unwrap();
+        for bad in [
+            ProducerConfig {
+                enable_idempotence: false,
+                acks: Acks::Leader,
+                ..txn.clone()
+            },
+            ProducerConfig {
+                transactional_id: Some(String::new()),
+                ..txn.clone()
+            },
+            ProducerConfig {
+                transaction_timeout_ms: 0,
+                ..txn.clone()
+            },
+            ProducerConfig {
+                transaction_timeout_ms: u64::from(u32::MAX) + 1,
+                ..txn.clone()
+            },
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(ClientError::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn transactional_calls_on_a_plain_producer_are_refused() {
+        let producer = Producer::new(ProducerConfig {
+            bootstrap: "127.0.0.1:1".into(),
+            ..ProducerConfig::default()
+        })
+        .unwrap();
+        assert_eq!(producer.transaction_state(), None);
+        for e in [
+            producer.init_transactions().await.unwrap_err(),
+            producer.begin_transaction().await.unwrap_err(),
+            producer.commit_transaction().await.unwrap_err(),
+            producer.abort_transaction().await.unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("transactional_id"), "{e}");
+        }
     }
 }

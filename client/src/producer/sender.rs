@@ -12,11 +12,21 @@
 //! accumulator (one request without idempotence, five batches with it).
 //!
 //! With idempotence, the loop first gets the producer's identity (InitProducerId, from any
-//! broker). An OUT_OF_ORDER_SEQUENCE_NUMBER is retried only while an earlier batch of the
+//! broker; a transactional producer gets it from `init_transactions` instead). An
+//! OUT_OF_ORDER_SEQUENCE_NUMBER is retried only while an earlier batch of the
 //! partition is unfinished (it has not reached the broker yet, and will fill the gap);
 //! otherwise it is fatal, and so is every other sequence error: never resent as new records,
 //! the mistake Redpanda #3039 describes. A batch that carried a sequence number and failed
 //! for good makes the partition start over with a fresh producer id.
+//!
+//! With transactions, the loop also adds partitions to the transaction (one
+//! AddPartitionsToTxn at a time, for every partition that has records queued and is not in
+//! the transaction yet) before their batches may be taken; reports every record that failed
+//! for good to the transaction's state machine (the transaction can no longer commit); and
+//! while the transaction is doomed (aborting, abortable, fenced) fails the batches still
+//! queued instead of sending them. A batch is marked finished in the accumulator *before* its
+//! records are completed, so once `commit_transaction`'s flush has seen every batch complete,
+//! nothing is in flight and the epoch can switch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -26,7 +36,7 @@ use std::time::Duration;
 use rafka_protocol::messages::{
     InitProducerIdRequest, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic,
 };
-use rafka_protocol::{ErrorCode, ProducerEpoch, ProducerId};
+use rafka_protocol::ErrorCode;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -42,7 +52,9 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(shared: Arc<Shared>) {
     loop {
-        if lock(&shared.accumulator).needs_identity() {
+        // A transactional producer's identity comes from `init_transactions` only: one from
+        // any broker would be unknown to the transaction coordinator.
+        if shared.txn.is_none() && lock(&shared.accumulator).needs_identity() {
             match init_producer_id(&shared).await {
                 Ok(identity) => {
                     tracing::debug!(?identity, "producer identity");
@@ -57,10 +69,26 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let now = Instant::now();
         let mut by_broker: BTreeMap<BrokerId, Vec<Train>> = BTreeMap::new();
         let mut leaderless = false;
-        let (expired, next_check, done) = {
+        let (expired, doomed, next_check, done) = {
             let mut acc = lock(&shared.accumulator);
+            // Records of a transaction that can no longer commit are failed, not sent.
+            let doomed = shared
+                .txn
+                .as_ref()
+                .and_then(|t| lock(&t.core).doomed())
+                .map(|error| (acc.abort_queued(), error));
             let expired = acc.expire(now);
             let ready = acc.ready(now);
+            if doomed.is_none() && !ready.to_add.is_empty() && !acc.adding_in_flight() {
+                if let Some(identity) = acc.identity() {
+                    acc.start_adding(&ready.to_add);
+                    let span = tracing::debug_span!("add_partitions", count = ready.to_add.len());
+                    tokio::spawn(
+                        super::txn::add_partitions(shared.clone(), ready.to_add, identity)
+                            .instrument(span),
+                    );
+                }
+            }
             for tp in ready.partitions {
                 match shared.cluster.cached_leader(&tp) {
                     Some(leader) => {
@@ -72,8 +100,19 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     None => leaderless = true,
                 }
             }
-            (expired, ready.next_check, acc.is_closed() && acc.is_empty())
+            (
+                expired,
+                doomed,
+                ready.next_check,
+                acc.is_closed() && acc.is_empty(),
+            )
         };
+        if let Some((batches, error)) = doomed {
+            for batch in batches {
+                release(&shared, batch.reserved_bytes);
+                batch.fail(error.clone());
+            }
+        }
         for batch in expired {
             let reason = batch
                 .last_error
@@ -93,6 +132,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 }
             };
             release(&shared, batch.reserved_bytes);
+            transaction_record_failed(&shared, &error);
             batch.fail(error);
         }
         for (leader, batches) in by_broker {
@@ -127,6 +167,14 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Tells the transaction (if any) that a record failed for good, before the record's future
+/// (and a flush waiting on it) learns it, so a commit that flushed sees the failure.
+fn transaction_record_failed(shared: &Shared, error: &ClientError) {
+    if let Some(txn) = &shared.txn {
+        lock(&txn.core).record_failed(error);
+    }
+}
+
 /// Asks any broker for a producer id and epoch.
 async fn init_producer_id(shared: &Shared) -> Result<Identity, ClientError> {
     let resp = shared
@@ -145,14 +193,7 @@ async fn init_producer_id(shared: &Shared) -> Result<Identity, ClientError> {
             partition: None,
         });
     }
-    let epoch = i16::try_from(resp.producer_epoch).map_err(|_| ClientError::Protocol {
-        addr: String::new(),
-        reason: format!("producer epoch {} out of range", resp.producer_epoch),
-    })?;
-    Ok(Identity {
-        producer_id: ProducerId(resp.producer_id),
-        epoch: ProducerEpoch(epoch),
-    })
+    Identity::from_wire(resp.producer_id, resp.producer_epoch)
 }
 
 /// Consecutive batches of one partition sent as one append (see `Accumulator::take_train`).
@@ -343,10 +384,10 @@ fn handle_response(shared: &Shared, batches: Vec<Train>, response: ProduceRespon
 }
 
 fn complete(shared: &Shared, batch: ProducerBatch, base_offset: Option<u64>) {
-    let (tp, order) = (batch.tp.clone(), batch.order);
     release(shared, batch.reserved_bytes);
+    // Finished before completed: whoever sees the batch done (a flush) sees it out of flight.
+    lock(&shared.accumulator).finish(&batch.tp, batch.order);
     batch.succeed(base_offset);
-    lock(&shared.accumulator).finish(&tp, order);
     shared.wake.notify_one();
 }
 
@@ -378,15 +419,17 @@ fn handle_failure(shared: &Shared, mut batch: ProducerBatch, error: ClientError)
         shared.wake.notify_one();
         return;
     }
-    let (tp, order, stamped) = (batch.tp.clone(), batch.order, batch.stamp.is_some());
     let final_error = batch.final_error(error);
     release(shared, batch.reserved_bytes);
-    batch.fail(final_error);
+    // Finished (and reported to the transaction) before the records learn the outcome, so a
+    // flush that saw them fail sees the partition out of flight and the transaction doomed.
     let mut acc = lock(&shared.accumulator);
-    acc.finish(&tp, order);
-    if stamped {
-        acc.reset_sequences(&tp);
+    acc.finish(&batch.tp, batch.order);
+    if batch.stamp.is_some() {
+        acc.reset_sequences(&batch.tp);
     }
     drop(acc);
+    transaction_record_failed(shared, &final_error);
+    batch.fail(final_error);
     shared.wake.notify_one();
 }
