@@ -76,6 +76,11 @@ const KIND_HINTS: u8 = transport::kind::BROKER_BASE + 1;
 const KIND_YIELD: u8 = transport::kind::BROKER_BASE + 2;
 const KIND_TXN_MARKER: u8 = transport::kind::BROKER_BASE + 3;
 
+/// Called with (partition of `__consumer_offsets`, producer id, commit) once a marker there is
+/// committed.
+pub type MarkerHook =
+    Arc<dyn Fn(u32, i64, bool) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// A transaction coordinator's request to a partition leader: append a marker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct MarkerRequest {
@@ -685,6 +690,10 @@ pub struct Cluster {
     producer_id_expiration_ms: u64,
     /// The rest of this broker's current block of producer ids: `next..end`.
     producer_ids: tokio::sync::Mutex<Option<(i64, i64)>>,
+    /// Told about every transaction marker this broker appends to a partition of
+    /// `__consumer_offsets` (it leads it, so it coordinates its groups): the group coordinator
+    /// settles the transaction's offsets.
+    offsets_marker_hook: Mutex<Option<MarkerHook>>,
     _lock: std::fs::File,
 }
 
@@ -837,6 +846,7 @@ impl Cluster {
             reconciling: tokio::sync::Mutex::new(()),
             producer_id_expiration_ms,
             producer_ids: tokio::sync::Mutex::new(None),
+            offsets_marker_hook: Mutex::new(None),
             _lock: lock,
         });
         if fresh && ids.first() != Some(&node_id) {
@@ -1123,10 +1133,9 @@ impl Cluster {
         }
         if let Ok(p) = self.partition(topic, partition) {
             if p.is_leader() {
-                return p
-                    .write_marker(producer_id, epoch, commit, timeout)
-                    .await
-                    .map(|_| ());
+                return self
+                    .write_marker_here(&p, producer_id, epoch, commit, timeout)
+                    .await;
             }
         }
         let Some(leader) = self
@@ -1165,6 +1174,38 @@ impl Cluster {
             Ok(Err((code, msg))) => Err(Error::Refused(ErrorCode::from_code(code), msg)),
             Err(e) => Err(Error::OutcomeUnknown(e.to_string())),
         }
+    }
+
+    /// Installs the group coordinator's hook for markers on `__consumer_offsets`.
+    pub fn set_offsets_marker_hook(&self, hook: MarkerHook) {
+        *self
+            .offsets_marker_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// Appends a marker to a partition this broker leads; on `__consumer_offsets`, then lets
+    /// the group coordinator settle the transaction's offsets.
+    async fn write_marker_here(
+        &self,
+        p: &Partition,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        p.write_marker(producer_id, epoch, commit, timeout).await?;
+        if p.topic == rafka_protocol::api::OFFSETS_TOPIC {
+            let hook = self
+                .offsets_marker_hook
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook(p.index, producer_id, commit).await;
+            }
+        }
+        Ok(())
     }
 
     /// A producer id never handed out before, from this broker's block; a new block is asked
@@ -1737,15 +1778,15 @@ impl Handler for PeerHandler {
                         Err(e) => return Reply::Error(e.to_string()),
                     };
                     let timeout = Duration::from_millis(req.timeout_ms.min(60_000));
-                    let outcome: std::result::Result<(), (i32, String)> =
-                        match cluster.partition(&req.topic, req.partition) {
-                            Ok(p) => p
-                                .write_marker(req.producer_id, req.epoch, req.commit, timeout)
-                                .await
-                                .map(|_| ())
-                                .map_err(|e| (e.error_code().code(), e.to_string())),
-                            Err(e) => Err((e.error_code().code(), e.to_string())),
-                        };
+                    let outcome: std::result::Result<(), (i32, String)> = match cluster
+                        .partition(&req.topic, req.partition)
+                    {
+                        Ok(p) => cluster
+                            .write_marker_here(&p, req.producer_id, req.epoch, req.commit, timeout)
+                            .await
+                            .map_err(|e| (e.error_code().code(), e.to_string())),
+                        Err(e) => Err((e.error_code().code(), e.to_string())),
+                    };
                     match transport::encode(&outcome) {
                         Ok(b) => Reply::Ok(b),
                         Err(e) => Reply::Error(e.to_string()),

@@ -119,7 +119,7 @@ async fn serve(config: BrokerConfig, metrics: PrometheusHandle) -> Result<(), St
         // Markers on `__consumer_offsets` settle transactional offsets in the group
         // coordinator.
         let groups = Arc::clone(&ctx.groups);
-        ctx.txns
+        ctx.cluster
             .set_offsets_marker_hook(Arc::new(move |index, producer_id, commit| {
                 let groups = Arc::clone(&groups);
                 Box::pin(async move { groups.on_txn_marker(index, producer_id, commit).await })

@@ -334,15 +334,7 @@ pub struct Coordinator {
     config: TxnConfig,
     shards: Mutex<HashMap<u32, Arc<Shard>>>,
     creating: tokio::sync::Mutex<()>,
-    /// Told about every marker written to a partition of `__consumer_offsets`, so the group
-    /// coordinator can settle the transaction's offsets.
-    on_offsets_marker: Mutex<Option<MarkerHook>>,
 }
-
-/// Called with (partition of `__consumer_offsets`, producer id, commit) once a marker there
-/// is committed.
-pub type MarkerHook =
-    Arc<dyn Fn(u32, i64, bool) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -361,16 +353,7 @@ impl Coordinator {
             config,
             shards: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
-            on_offsets_marker: Mutex::new(None),
         })
-    }
-
-    /// Installs the group coordinator's hook for markers on `__consumer_offsets`.
-    pub fn set_offsets_marker_hook(&self, hook: MarkerHook) {
-        *self
-            .on_offsets_marker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     fn shards(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Shard>>> {
@@ -812,16 +795,6 @@ impl Coordinator {
                         tracing::debug!(%topic, partition = p, error = %e, "marker write failed; retrying");
                         tokio::time::sleep(MARKER_RETRY_BACKOFF).await;
                     }
-                }
-            }
-            if topic == OFFSETS_TOPIC {
-                let hook = self
-                    .on_offsets_marker
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                if let Some(hook) = hook {
-                    hook(*p, meta.producer_id, commit).await;
                 }
             }
         }
