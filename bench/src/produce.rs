@@ -111,6 +111,10 @@ pub struct ProduceArgs {
     /// acks=all.
     #[arg(long)]
     pub idempotent: bool,
+    /// Transactional producers: each commits a transaction every this many records (implies
+    /// idempotence). Off by default.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub transaction_records: Option<u64>,
     #[command(flatten)]
     pub raw: RawArgs,
     /// Print one JSON object at the end instead of a summary.
@@ -132,7 +136,10 @@ fn producer_config(args: &ProduceArgs, index: u32) -> Result<ProducerConfig> {
         bootstrap: args.connect.bootstrap.clone(),
         client_id: format!("rafka-bench-{index}"),
         acks: args.acks.client(),
-        enable_idempotence: args.idempotent,
+        enable_idempotence: args.idempotent || args.transaction_records.is_some(),
+        transactional_id: args
+            .transaction_records
+            .map(|_| format!("rafka-bench-{index}-{:08x}", rand::random::<u32>())),
         ..ProducerConfig::default()
     };
     if let Some(b) = args.batch_bytes {
@@ -270,6 +277,12 @@ async fn produce(
             .topic(&args.topic)
             .await
             .context(|| format!("looking up topic '{}'", args.topic))?;
+        if args.transaction_records.is_some() {
+            producer
+                .init_transactions()
+                .await
+                .context(|| "initialising transactions".into())?;
+        }
         producers.push(producer);
     }
     let counters = Arc::new(Counters::default());
@@ -290,6 +303,7 @@ async fn produce(
             started,
             counters.clone(),
             tx,
+            args.transaction_records,
         ));
         tasks.push((sender, collector));
     }
@@ -330,7 +344,19 @@ async fn produce(
             ("acks", Value::Str(args.acks.name().into())),
             (
                 "idempotent",
-                Value::Str(if args.idempotent { "true" } else { "false" }.into()),
+                Value::Str(
+                    if args.idempotent || args.transaction_records.is_some() {
+                        "true"
+                    } else {
+                        "false"
+                    }
+                    .into(),
+                ),
+            ),
+            (
+                "transaction_records",
+                args.transaction_records
+                    .map_or(Value::Str("none".into()), Value::Int),
             ),
             ("record_bytes", Value::Int(args.size)),
             ("producers", Value::Int(u64::from(args.producers))),
@@ -373,11 +399,19 @@ async fn send_loop(
     started: Instant,
     counters: Arc<Counters>,
     tx: mpsc::UnboundedSender<Sent>,
+    transaction_records: Option<u64>,
 ) -> Result<()> {
+    let mut in_transaction = 0u64;
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         if i >= total {
             break;
+        }
+        if transaction_records.is_some() && in_transaction == 0 {
+            producer
+                .begin_transaction()
+                .await
+                .context(|| "beginning a transaction".into())?;
         }
         if let Some(rate) = rate {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
@@ -394,6 +428,22 @@ async fn send_loop(
         Counters::add(&counters.sent, 1);
         // The collector only goes away if it panicked; the join reports that.
         let _ = tx.send((sent, delivery));
+        if let Some(n) = transaction_records {
+            in_transaction += 1;
+            if in_transaction == n {
+                producer
+                    .commit_transaction()
+                    .await
+                    .context(|| "committing a transaction".into())?;
+                in_transaction = 0;
+            }
+        }
+    }
+    if in_transaction > 0 {
+        producer
+            .commit_transaction()
+            .await
+            .context(|| "committing a transaction".into())?;
     }
     producer.flush().await;
     Ok(())
