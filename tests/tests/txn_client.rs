@@ -28,17 +28,17 @@ use rand::{Rng, SeedableRng};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
+/// Values read, with their partition and when they arrived.
+type Seen = Arc<Mutex<Vec<(u32, String, Instant)>>>;
+
 /// Reads `topic`'s partitions from the start in a background task, remembering each value and
-/// when it arrived, until `stop`.
+/// when it arrived, until the task is aborted.
 fn reader(
     bootstrap: String,
     topic: &str,
     partitions: u32,
     level: IsolationLevel,
-) -> (
-    Arc<Mutex<Vec<(u32, String, Instant)>>>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (Seen, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let out = Arc::clone(&seen);
     let topic = topic.to_string();
