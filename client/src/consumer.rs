@@ -320,7 +320,13 @@ impl Consumer {
             SeekTo::Latest => list_offsets::LATEST,
             SeekTo::Timestamp(t) => t.as_millis(),
         };
-        list_offset(&self.cluster, tp, timestamp_ms).await
+        list_offset(
+            &self.cluster,
+            tp,
+            timestamp_ms,
+            self.config.isolation_level.wire(),
+        )
+        .await
     }
 
     /// Returns the records fetched next, waiting up to `timeout` for some; an empty vector
@@ -679,6 +685,7 @@ pub(crate) async fn list_offset(
     cluster: &Cluster,
     tp: &TopicPartition,
     timestamp_ms: i64,
+    isolation_level: i32,
 ) -> Result<Offset> {
     let deadline = Instant::now() + cluster.config().request_timeout;
     let timeout = cluster.config().request_timeout;
@@ -695,6 +702,7 @@ pub(crate) async fn list_offset(
                         timestamp_ms,
                     }],
                 }],
+                isolation_level,
             };
             let response = conn.send(request, timeout).await?;
             let result = response

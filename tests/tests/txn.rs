@@ -320,6 +320,31 @@ async fn try_fetch(
     }
 }
 
+/// ListOffsets "latest" for `isolation_level`.
+async fn latest(cluster: &Cluster, topic: &str, partition: u32, level: i32) -> u64 {
+    let leader = cluster.wait_for_leader(topic, partition, SETTLE).await;
+    let conn = connect(&cluster.node(leader).bootstrap()).await;
+    let r = conn
+        .send(
+            ListOffsetsRequest {
+                topics: vec![ListOffsetsTopic {
+                    name: topic.to_string(),
+                    partitions: vec![ListOffsetsPartition {
+                        partition,
+                        timestamp_ms: rafka_protocol::api::list_offsets::LATEST,
+                    }],
+                }],
+                isolation_level: level,
+            },
+            T,
+        )
+        .await
+        .expect("list offsets");
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(code(p.error_code), ErrorCode::None, "{}", p.error_message);
+    p.offset
+}
+
 fn values(prefix: &str, partition: u32, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| format!("{prefix}-p{partition}-{i}"))
@@ -351,6 +376,15 @@ async fn commits_and_aborts_across_partitions_are_all_or_nothing_for_read_commit
         assert!(rc.lso < rc.hw, "the LSO passed an open transaction");
         let ru = fetch(&cluster, "tx", i, isolation::READ_UNCOMMITTED).await;
         assert_eq!(ru.values, values("c1", i, 5));
+        // "Latest" for a read_committed reader is the LSO, not the high watermark.
+        assert_eq!(
+            latest(&cluster, "tx", i, isolation::READ_COMMITTED).await,
+            rc.lso
+        );
+        assert_eq!(
+            latest(&cluster, "tx", i, isolation::READ_UNCOMMITTED).await,
+            ru.hw
+        );
     }
     let epoch_before = p.epoch;
     assert_eq!(p.end(true).await, ErrorCode::None);

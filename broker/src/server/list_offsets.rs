@@ -1,5 +1,6 @@
-//! ListOffsets: earliest (log start), latest (high watermark), or the first offset whose
-//! record timestamp is at or after a given time (the high watermark when there is none).
+//! ListOffsets: earliest (log start), latest (high watermark; for read_committed, the last
+//! stable offset), or the first offset whose record timestamp is at or after a given time
+//! (the latest when there is none).
 
 use std::sync::Arc;
 
@@ -11,10 +12,11 @@ use super::{blocking, Context};
 
 pub async fn list_offsets(ctx: Arc<Context>, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
+    let read_committed = req.isolation_level == rafka_protocol::api::isolation::READ_COMMITTED;
     for t in req.topics {
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
-            partitions.push(one(&ctx, &t.name, p).await);
+            partitions.push(one(&ctx, &t.name, p, read_committed).await);
         }
         topics.push(ListOffsetsTopicResult {
             name: t.name,
@@ -28,6 +30,7 @@ async fn one(
     ctx: &Arc<Context>,
     topic: &str,
     p: ListOffsetsPartition,
+    read_committed: bool,
 ) -> ListOffsetsPartitionResult {
     let mut out = ListOffsetsPartitionResult {
         partition: p.partition,
@@ -45,7 +48,12 @@ async fn one(
             return out;
         }
     };
-    let hw = partition.high_watermark();
+    // The end a reader of this isolation level sees: `hw` names it for both.
+    let hw = if read_committed {
+        partition.last_stable_offset()
+    } else {
+        partition.high_watermark()
+    };
     let offset = match p.timestamp_ms {
         EARLIEST => Ok(partition.log.log_start_offset()),
         LATEST => Ok(hw),

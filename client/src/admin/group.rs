@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rafka_protocol::api::{list_offsets, member_epoch};
+use rafka_protocol::api::{isolation, list_offsets, member_epoch};
 use rafka_protocol::messages::{
     DescribeGroupRequest, FetchPartition, FetchRequest, FetchTopic, ListGroupsRequest,
 };
@@ -211,7 +211,13 @@ impl Admin {
         tp: TopicPartition,
         committed: Option<Offset>,
     ) -> Result<PartitionLag> {
-        let high_watermark = list_offset(&self.cluster, &tp, list_offsets::LATEST).await?;
+        let high_watermark = list_offset(
+            &self.cluster,
+            &tp,
+            list_offsets::LATEST,
+            isolation::READ_UNCOMMITTED,
+        )
+        .await?;
         let lag = committed.map(|c| high_watermark.0.saturating_sub(c.0));
         let lag_ms = match (committed, lag) {
             (Some(_), Some(0)) => Some(0),
@@ -320,13 +326,47 @@ impl Admin {
             async move {
                 let offset = match to {
                     SeekTo::Earliest => {
-                        list_offset(&self.cluster, &tp, list_offsets::EARLIEST).await?
+                        list_offset(
+                            &self.cluster,
+                            &tp,
+                            list_offsets::EARLIEST,
+                            isolation::READ_UNCOMMITTED,
+                        )
+                        .await?
                     }
-                    SeekTo::Latest => list_offset(&self.cluster, &tp, list_offsets::LATEST).await?,
-                    SeekTo::Timestamp(t) => list_offset(&self.cluster, &tp, t.as_millis()).await?,
+                    SeekTo::Latest => {
+                        list_offset(
+                            &self.cluster,
+                            &tp,
+                            list_offsets::LATEST,
+                            isolation::READ_UNCOMMITTED,
+                        )
+                        .await?
+                    }
+                    SeekTo::Timestamp(t) => {
+                        list_offset(
+                            &self.cluster,
+                            &tp,
+                            t.as_millis(),
+                            isolation::READ_UNCOMMITTED,
+                        )
+                        .await?
+                    }
                     SeekTo::Offset(o) => {
-                        let start = list_offset(&self.cluster, &tp, list_offsets::EARLIEST).await?;
-                        let end = list_offset(&self.cluster, &tp, list_offsets::LATEST).await?;
+                        let start = list_offset(
+                            &self.cluster,
+                            &tp,
+                            list_offsets::EARLIEST,
+                            isolation::READ_UNCOMMITTED,
+                        )
+                        .await?;
+                        let end = list_offset(
+                            &self.cluster,
+                            &tp,
+                            list_offsets::LATEST,
+                            isolation::READ_UNCOMMITTED,
+                        )
+                        .await?;
                         o.clamp(start, end.max(start))
                     }
                 };
