@@ -1,8 +1,8 @@
 //! The fault suite in CI: a short `rafka-jepsen` run of the queue workload under each nemesis,
-//! and of the group workload under `all`, on a local three-broker cluster, through the real
-//! command line. Each test fails when the run is invalid (an anomaly, or a broker that would
-//! not come back) and prints the summary; the history, report, plots and broker logs stay in
-//! `target/jepsen-ci/<nemesis>/` (`target/jepsen-ci/group-<nemesis>/` for the group runs).
+//! and of the group and txn workloads under `all`, on a local three-broker cluster, through the
+//! real command line. Each test fails when the run is invalid (an anomaly, or a broker that
+//! would not come back) and prints the summary; the history, report, plots and broker logs stay
+//! in `target/jepsen-ci/<nemesis>/` (`target/jepsen-ci/<workload>-<nemesis>/` for the others).
 //!
 //! `RAFKA_JEPSEN_TIME_LIMIT` (seconds, default 40) lengthens the runs; `RAFKA_TEST_SEED`
 //! replays one.
@@ -19,6 +19,20 @@ fn out_dir(name: &str) -> PathBuf {
         .join("target")
         .join("jepsen-ci")
         .join(name)
+}
+
+/// Blocks until no other cluster test of this machine runs (see `rafka_tests::cluster::exclusive`);
+/// held until dropped.
+fn exclusive() -> std::fs::File {
+    let path = std::env::temp_dir().join("rafka-cluster-tests.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .expect("lock file");
+    file.lock().expect("lock");
+    file
 }
 
 fn run_suite(nemesis: &str) {
@@ -41,6 +55,9 @@ fn run_workload(workload: &str, nemesis: &str) -> serde_json::Value {
     } else {
         out_dir(&format!("{workload}-{nemesis}"))
     };
+    // One cluster at a time on this machine, also beside other test processes (the lock
+    // rafka_tests::cluster::exclusive takes).
+    let _lock = exclusive();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rafka-jepsen"));
     die_with_parent(&mut cmd);
     let status = cmd
@@ -105,4 +122,26 @@ fn group_under_all() {
         let ok = ops[f]["ok"].as_u64().unwrap_or(0);
         assert!(ok >= ok_min, "only {ok} ok {f} operations: {report}");
     }
+}
+
+#[test]
+fn txn_under_all() {
+    let report = run_workload("txn", "all");
+    // A txn run proves something only if transactions committed and aborted, read_committed
+    // consumers read during the run, and both final reads got through.
+    let ops = &report["operations"];
+    for (f, ok_min) in [
+        ("txn", 100),
+        ("txn_poll", 100),
+        ("txn_final_read", 1),
+        ("txn_final_read_uncommitted", 1),
+    ] {
+        let ok = ops[f]["ok"].as_u64().unwrap_or(0);
+        assert!(ok >= ok_min, "only {ok} ok {f} operations: {report}");
+    }
+    let aborted = report["txn_aborted"].as_u64().unwrap_or(0);
+    assert!(
+        aborted >= 10,
+        "only {aborted} aborted transactions: {report}"
+    );
 }

@@ -8,12 +8,14 @@
 //! - [`queue`]: the checks of the `queue` workload (sends and polls of unique values).
 //! - [`group`]: the checks of the `group` workload (a consumer group's deliveries, commits
 //!   and assignments); its sends and final read go through [`queue`]'s checks as well.
+//! - [`txn`]: the checks of the `txn` workload (transactions, read_committed reads, the final
+//!   reads of the log with and without aborted records).
 //! - [`synthetic`]: a builder of histories, for the checker's and the plots' own tests.
 //!
-//! A workload added later (`txn`) brings one module like [`queue`]: it declares its
-//! [`AnomalyKind`]s, records what it finds into the shared [`Findings`], and [`check`] runs it
-//! when the history holds its operations. The report then gains its counts without changes
-//! here, apart from a variant of [`Anomaly`] for its details.
+//! Each workload brings one module like [`queue`]: it declares its [`AnomalyKind`]s, records
+//! what it finds into the shared [`Findings`], and [`check`] runs it when the history holds its
+//! operations. The report then gains its counts without changes here, apart from a variant of
+//! [`Anomaly`] for its details.
 //!
 //! Outcomes are read as Jepsen reads them: `ok` took effect, `fail` certainly did not, `info`
 //! may or may not have (STYLE 10: ambiguous outcomes are not failures), so an `info` send is
@@ -22,6 +24,7 @@
 pub mod group;
 pub mod queue;
 pub mod synthetic;
+pub mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
@@ -44,7 +47,11 @@ pub fn check(ops: &[Op]) -> Report {
     }
 
     let mut workloads = Vec::new();
-    if ops.iter().any(|op| group::is_group_op(&op.payload)) {
+    if ops.iter().any(|op| txn::is_txn_op(&op.payload)) {
+        // Its reads are its own; the queue's checks would find every value unexpected.
+        workloads.push("txn".to_string());
+        txn::check(ops, &mut findings);
+    } else if ops.iter().any(|op| group::is_group_op(&op.payload)) {
         // The group workload's sends and final read are checked as the queue's are.
         workloads.push("group".to_string());
         queue::check(ops, &mut findings);
@@ -133,6 +140,7 @@ pub enum Anomaly {
     History(HistoryAnomaly),
     Queue(queue::QueueAnomaly),
     Group(group::GroupAnomaly),
+    Txn(txn::TxnAnomaly),
 }
 
 impl fmt::Display for Anomaly {
@@ -141,6 +149,7 @@ impl fmt::Display for Anomaly {
             Anomaly::History(a) => a.fmt(f),
             Anomaly::Queue(a) => a.fmt(f),
             Anomaly::Group(a) => a.fmt(f),
+            Anomaly::Txn(a) => a.fmt(f),
         }
     }
 }
@@ -348,6 +357,22 @@ impl Report {
                 let _ = writeln!(s, "  (no send succeeded: the run checked nothing)");
             }
         }
+        if let Some(txn) = self.operations.get("txn") {
+            if txn.ok == 0 {
+                let _ = writeln!(s, "  (no transaction committed: the run checked little)");
+            }
+            let note = |name: &str| self.counts.get(name).copied().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "transactions: {} committed, {} aborted, {} unknown ({} of them visible: \
+                 committed); {} aborted records in the log",
+                note("txn_committed"),
+                note("txn_aborted"),
+                note("txn_unknown"),
+                note("txn_unknown_committed"),
+                note("aborted_records_in_log"),
+            );
+        }
         let found: Vec<_> = self.anomalies.iter().filter(|(_, a)| a.count > 0).collect();
         if found.is_empty() {
             let checked: Vec<&str> = self.anomalies.keys().map(String::as_str).collect();
@@ -383,6 +408,10 @@ pub fn function_name(payload: &Payload) -> &'static str {
         Payload::Leave(_) => "leave",
         Payload::Crash(_) => "crash",
         Payload::FetchCommitted(_) => "fetch_committed",
+        Payload::Txn(_) => "txn",
+        Payload::TxnPoll(_) => "txn_poll",
+        Payload::TxnFinalRead(_) => "txn_final_read",
+        Payload::TxnFinalReadUncommitted(_) => "txn_final_read_uncommitted",
     }
 }
 

@@ -14,6 +14,13 @@
 //! `commit` (`[partition, offset]` pairs), `leave`, `crash`, and after the run
 //! `fetch_committed` and the final group reader's `group_final_read`, for example
 //! `{"index":9,"time_ns":1300000,"process":5,"type":"ok","f":"group_poll","value":{"records":[[2,41,"1-7"]],"rebalance":[{"change":"assigned","partitions":[2]}],"member_epoch":4}}`.
+//!
+//! The `txn` workload records one `txn` operation per transaction (its values per partition,
+//! the outcome its worker chose up front, and on completion the offsets acknowledged and when
+//! the commit was first asked for), its read_committed consumers' `txn_poll`s, and after the
+//! run `txn_final_read_uncommitted` then `txn_final_read` (read_committed) of every partition,
+//! each read with the position it reached, for example
+//! `{"index":4,"time_ns":900000,"process":0,"type":"ok","f":"txn","value":{"worker":0,"txn":3,"intent":"commit","writes":[[1,["w0-t3-0","w0-t3-1"]],[4,["w0-t3-2"]]],"acked":[[1,17,"w0-t3-0"],[1,18,"w0-t3-1"],[4,9,"w0-t3-2"]],"commit_ns":850000}}`.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
@@ -172,6 +179,56 @@ mod pairs {
     }
 }
 
+/// What the worker of a transaction chose to do with it before it began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxnIntent {
+    Commit,
+    Abort,
+}
+
+/// One transaction of the `txn` workload: invoked before `begin_transaction`, completed when
+/// its worker knows how it ended: `ok` (the commit was acknowledged), `fail` (certainly
+/// aborted: the worker aborted it, or it failed before EndTxn(commit) could be sent) or `info`
+/// (the commit may or may not have happened).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnValue {
+    /// The worker; its transactional id is the same across its producer instances, so its
+    /// transactions are sequential (the next begins only after the previous one ended, or
+    /// after a new instance fenced the old one).
+    pub worker: u32,
+    /// The worker's transaction number, from 0.
+    pub txn: u64,
+    pub intent: TxnIntent,
+    /// `(partition, values in send order)`: every record the transaction sends, each value
+    /// unique across the run. On invocations and completions.
+    pub writes: Vec<(u32, Vec<String>)>,
+    /// `(partition, offset, value)` of every record the broker acknowledged (the record is in
+    /// the log, whatever the transaction's end); on completions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acked: Vec<(u32, u64, String)>,
+    /// When `commit_transaction` was first called, on the history's clock (`time_ns`); on
+    /// completions, absent when it never was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_ns: Option<u64>,
+}
+
+/// A read of one partition by the `txn` workload (a poll during the run, or a final read).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnReadValue {
+    pub partition: u32,
+    /// The consumer's position when the read began.
+    pub from: u64,
+    /// Its position after the read, on `ok` completions. A read_committed consumer stops at
+    /// the last stable offset, and skips control batches and aborted records, so this says
+    /// how far the read got where `records` cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+    /// `(offset, value)` of every record returned, in the order returned.
+    #[serde(default)]
+    pub records: Vec<(u64, String)>,
+}
+
 /// What an operation does, with its value. Serialised as `"f": ..., "value": {...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "f", content = "value", rename_all = "snake_case")]
@@ -189,6 +246,14 @@ pub enum Payload {
     Leave(MembershipValue),
     Crash(MembershipValue),
     FetchCommitted(CommittedValue),
+    /// A transaction of the `txn` workload.
+    Txn(TxnValue),
+    /// A poll of one of the `txn` workload's read_committed consumers during the run.
+    TxnPoll(TxnReadValue),
+    /// A poll of the read_committed final read after the run.
+    TxnFinalRead(TxnReadValue),
+    /// A poll of the read_uncommitted final read after the run (aborted records included).
+    TxnFinalReadUncommitted(TxnReadValue),
 }
 
 /// One line of the history.
@@ -301,5 +366,52 @@ mod tests {
         let line = serde_json::to_string(&commit).unwrap();
         assert!(line.contains(r#""offsets":[[0,12],[3,7]]"#), "{line}");
         assert_eq!(serde_json::from_str::<Op>(&line).unwrap(), commit);
+    }
+
+    #[test]
+    fn txn_lines_round_trip_in_the_documented_shape() {
+        let op = Op {
+            index: 4,
+            time_ns: 900_000,
+            process: 0,
+            kind: OpType::Ok,
+            payload: Payload::Txn(TxnValue {
+                worker: 0,
+                txn: 3,
+                intent: TxnIntent::Commit,
+                writes: vec![
+                    (1, vec!["w0-t3-0".into(), "w0-t3-1".into()]),
+                    (4, vec!["w0-t3-2".into()]),
+                ],
+                acked: vec![
+                    (1, 17, "w0-t3-0".into()),
+                    (1, 18, "w0-t3-1".into()),
+                    (4, 9, "w0-t3-2".into()),
+                ],
+                commit_ns: Some(850_000),
+            }),
+            error: None,
+        };
+        let line = serde_json::to_string(&op).unwrap();
+        assert_eq!(
+            line,
+            r#"{"index":4,"time_ns":900000,"process":0,"type":"ok","f":"txn","value":{"worker":0,"txn":3,"intent":"commit","writes":[[1,["w0-t3-0","w0-t3-1"]],[4,["w0-t3-2"]]],"acked":[[1,17,"w0-t3-0"],[1,18,"w0-t3-1"],[4,9,"w0-t3-2"]],"commit_ns":850000}}"#
+        );
+        assert_eq!(serde_json::from_str::<Op>(&line).unwrap(), op);
+        let read = Op {
+            payload: Payload::TxnFinalRead(TxnReadValue {
+                partition: 2,
+                from: 0,
+                to: Some(7),
+                records: vec![(3, "w1-t0-0".into())],
+            }),
+            ..op
+        };
+        let line = serde_json::to_string(&read).unwrap();
+        assert!(
+            line.contains(r#""f":"txn_final_read","value":{"partition":2,"from":0,"to":7,"records":[[3,"w1-t0-0"]]}"#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Op>(&line).unwrap(), read);
     }
 }

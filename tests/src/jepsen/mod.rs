@@ -270,7 +270,8 @@ fn remove_data_dirs(cluster_dir: &std::path::Path) {
 
 /// For tests of whole runs: reads `report.json` from a run's output directory and checks that
 /// the run was valid and did enough to prove something (at least `sends_ok_min` acknowledged
-/// sends and a final read). Returns the report; `Err` carries the summary.
+/// sends, or committed transactions, and a final read). Returns the report; `Err` carries the
+/// summary.
 pub fn expect_valid_run(out: &Path, sends_ok_min: u64) -> Result<serde_json::Value, String> {
     let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default();
     let raw = std::fs::read_to_string(out.join("report.json"))
@@ -280,10 +281,12 @@ pub fn expect_valid_run(out: &Path, sends_ok_min: u64) -> Result<serde_json::Val
     if report["valid"] != true {
         return Err(format!("the run is not valid\n{summary}"));
     }
-    // A run where nothing was acknowledged or nothing was read back proves nothing.
+    // A run where nothing was acknowledged or nothing was read back proves nothing. (The txn
+    // workload's acknowledged writes are its committed transactions.)
     let ops = &report["operations"];
-    let sends_ok = ops["send"]["ok"].as_u64().unwrap_or(0);
-    let final_reads_ok = ops["final_read"]["ok"].as_u64().unwrap_or(0);
+    let ok = |f: &str| ops[f]["ok"].as_u64().unwrap_or(0);
+    let sends_ok = ok("send") + ok("txn");
+    let final_reads_ok = ok("final_read") + ok("txn_final_read");
     if sends_ok < sends_ok_min || final_reads_ok == 0 {
         return Err(format!(
             "too little happened to check anything: {sends_ok} sends ok, {final_reads_ok} final \

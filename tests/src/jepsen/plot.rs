@@ -104,12 +104,12 @@ pub fn latency_png(ops: &[Op], path: &Path) -> Result<(), String> {
         let label = format!("{f} {}", outcome.name());
         // Each marker is its own element type, hence one arm each.
         let drawn = match *f {
-            "send" => chart.draw_series(
+            "send" | "txn" => chart.draw_series(
                 points
                     .iter()
                     .map(|&p| Circle::new(p, 2, colour.mix(0.6).filled())),
             ),
-            "poll" | "group_poll" => chart.draw_series(
+            "poll" | "group_poll" | "txn_poll" => chart.draw_series(
                 points
                     .iter()
                     .map(|&p| TriangleMarker::new(p, 3, colour.mix(0.6).filled())),
@@ -125,8 +125,8 @@ pub fn latency_png(ops: &[Op], path: &Path) -> Result<(), String> {
         drawn.label(label).legend(
             move |(x, y)| -> DynElement<'static, BitMapBackend, (i32, i32)> {
                 match f {
-                    "send" => Circle::new((x + 8, y), 4, colour.filled()).into_dyn(),
-                    "poll" | "group_poll" => {
+                    "send" | "txn" => Circle::new((x + 8, y), 4, colour.filled()).into_dyn(),
+                    "poll" | "group_poll" | "txn_poll" => {
                         TriangleMarker::new((x + 8, y), 5, colour.filled()).into_dyn()
                     }
                     _ => Cross::new((x + 8, y), 4, colour.stroke_width(2)).into_dyn(),

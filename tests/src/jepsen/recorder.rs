@@ -41,6 +41,13 @@ impl Recorder {
         self.started.elapsed().as_secs_f64()
     }
 
+    /// Nanoseconds since the run started, on the clock of the history's `time_ns`: for a time
+    /// a workload records inside an operation's value (an instant between its invocation and
+    /// its completion, such as when a transaction's commit was asked for).
+    pub fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
     fn push(&self, process: i64, kind: OpType, payload: Payload, error: Option<String>) {
         let mut ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         // Stamp the time under the lock so that index order and time order agree.

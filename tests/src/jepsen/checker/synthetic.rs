@@ -11,8 +11,13 @@ use std::time::Duration;
 
 use crate::jepsen::history::{
     Change, CommitValue, CommittedValue, GroupPollValue, MembershipValue, NemesisPhase,
-    NemesisValue, Op, OpType, Payload, ReadValue, Rebalance, SendValue, NEMESIS_PROCESS,
+    NemesisValue, Op, OpType, Payload, ReadValue, Rebalance, SendValue, TxnIntent, TxnReadValue,
+    TxnValue, NEMESIS_PROCESS,
 };
+
+/// A transaction's records as the `txn` helpers take them: per partition, `(acknowledged
+/// offset, value)` in send order.
+pub type TxnWrites<'a> = &'a [(u32, &'a [(u64, &'a str)])];
 
 /// Whether a send came from an idempotent producer (the `idempotent` flag of the history).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +290,118 @@ impl HistoryBuilder {
                 detail: String::new(),
             }),
             None,
+        );
+    }
+
+    /// The value of a transaction's invocation: `writes` without their offsets.
+    pub fn txn_value(worker: u32, txn: u64, intent: TxnIntent, writes: TxnWrites<'_>) -> TxnValue {
+        TxnValue {
+            worker,
+            txn,
+            intent,
+            writes: writes
+                .iter()
+                .map(|(p, records)| (*p, records.iter().map(|(_, v)| v.to_string()).collect()))
+                .collect(),
+            acked: Vec::new(),
+            commit_ns: None,
+        }
+    }
+
+    /// One transaction of the `txn` workload, every record acknowledged at its offset, that
+    /// completed `kind`: `ok` and `info` asked for the commit half-way through the operation;
+    /// `fail` was aborted as planned.
+    pub fn txn(
+        &mut self,
+        process: i64,
+        worker: u32,
+        txn: u64,
+        kind: OpType,
+        writes: TxnWrites<'_>,
+    ) {
+        let intent = if kind == OpType::Fail {
+            TxnIntent::Abort
+        } else {
+            TxnIntent::Commit
+        };
+        let value = Self::txn_value(worker, txn, intent, writes);
+        self.invoke(process, Payload::Txn(value.clone()));
+        self.advance(self.latency / 2);
+        let commit_ns = (kind != OpType::Fail).then_some(self.now_ns);
+        self.advance(self.latency - self.latency / 2);
+        let done = TxnValue {
+            acked: writes
+                .iter()
+                .flat_map(|(p, records)| records.iter().map(|(o, v)| (*p, *o, v.to_string())))
+                .collect(),
+            commit_ns,
+            ..value
+        };
+        self.complete(process, kind, Payload::Txn(done));
+        self.advance(Duration::from_millis(1));
+    }
+
+    fn txn_read(
+        &mut self,
+        process: i64,
+        wrap: fn(TxnReadValue) -> Payload,
+        partition: u32,
+        (from, to): (u64, u64),
+        records: &[(u64, &str)],
+    ) {
+        let read = TxnReadValue {
+            partition,
+            from,
+            to: None,
+            records: Vec::new(),
+        };
+        let done = TxnReadValue {
+            to: Some(to),
+            records: records
+                .iter()
+                .map(|(offset, value)| (*offset, value.to_string()))
+                .collect(),
+            ..read.clone()
+        };
+        self.operation(process, wrap(read), OpType::Ok, wrap(done));
+    }
+
+    /// A read_committed poll of the `txn` workload from position `from` to `to`.
+    pub fn txn_poll(
+        &mut self,
+        process: i64,
+        partition: u32,
+        span: (u64, u64),
+        records: &[(u64, &str)],
+    ) {
+        self.txn_read(process, Payload::TxnPoll, partition, span, records);
+    }
+
+    /// A poll of the read_committed final read.
+    pub fn txn_final_read(
+        &mut self,
+        process: i64,
+        partition: u32,
+        span: (u64, u64),
+        records: &[(u64, &str)],
+    ) {
+        self.txn_read(process, Payload::TxnFinalRead, partition, span, records);
+    }
+
+    /// A poll of the read_uncommitted final read.
+    pub fn txn_final_read_uncommitted(
+        &mut self,
+        process: i64,
+        partition: u32,
+        span: (u64, u64),
+        records: &[(u64, &str)],
+    ) {
+        self.txn_read(
+            process,
+            Payload::TxnFinalReadUncommitted,
+            partition,
+            span,
+            records,
         );
     }
 }

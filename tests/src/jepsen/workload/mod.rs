@@ -13,6 +13,7 @@ use super::recorder::Recorder;
 
 pub mod group;
 pub mod queue;
+pub mod txn;
 
 /// What every worker gets.
 #[derive(Clone)]
@@ -50,7 +51,7 @@ pub fn by_name(name: &str) -> Result<Box<dyn Workload>, String> {
     match name {
         "queue" => Ok(Box::new(queue::Queue::default())),
         "group" => Ok(Box::new(group::Group::default())),
-        "txn" => Err("the txn workload comes with transactions (issue 7)".into()),
+        "txn" => Ok(Box::new(txn::Txn::default())),
         other => Err(format!("unknown workload '{other}' (queue|group|txn)")),
     }
 }
