@@ -85,6 +85,9 @@ pub(crate) struct ProducerBatch {
     pub order: Option<u64>,
     /// With idempotence: the identity and first sequence number stamped into the batch.
     pub stamp: Option<(Identity, i32)>,
+    /// Whether a batch of the partition sent before this one was unfinished when this one was
+    /// last sent (so a sequence gap reported for this send may be mere reordering).
+    pub sent_behind_unfinished: bool,
     /// One completion per record, in offset order.
     pub completions: Vec<Completion>,
     /// Buffer-memory permits held by the records; released when the batch completes.
@@ -509,6 +512,7 @@ impl Accumulator {
                 bytes: None,
                 order: None,
                 stamp: None,
+                sent_behind_unfinished: false,
                 completions: Vec::new(),
                 reserved_bytes: 0,
                 created: now,
@@ -655,6 +659,12 @@ impl Accumulator {
             queue.unfinished.insert(queue.next_order);
             queue.next_order += 1;
         }
+        // Requests of one partition may reach the leader out of order (they go out from
+        // separate tasks, and the broker handles a connection's requests concurrently): an
+        // OUT_OF_ORDER_SEQUENCE_NUMBER for this send is then expected, and retriable.
+        batch.sent_behind_unfinished = batch
+            .order
+            .is_some_and(|o| queue.unfinished.range(..o).next().is_some());
         queue.in_flight += 1;
         queue.signals.retain(|s| s.has_changed().is_ok());
         queue.signals.push(batch.done_rx.clone());
@@ -1009,6 +1019,12 @@ mod tests {
         );
         let stamps: Vec<_> = train.iter().map(stamp_of).collect();
         assert_eq!(stamps, vec![(42, 0), (42, 1), (42, 2), (42, 3), (42, 4)]);
+        let behind: Vec<bool> = train.iter().map(|b| b.sent_behind_unfinished).collect();
+        assert_eq!(
+            behind,
+            vec![false, true, true, true, true],
+            "a gap reported for any but the first may be reordering"
+        );
         assert!(a.take(&tp).is_none(), "the in-flight limit is reached");
         a.finish(&tp, train[0].order);
         let next = a.take(&tp).expect("one slot freed");

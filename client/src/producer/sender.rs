@@ -403,10 +403,19 @@ fn handle_failure(shared: &Shared, mut batch: ProducerBatch, error: ClientError)
         .config
         .retries
         .is_none_or(|max| batch.attempts <= max);
-    // A sequence gap behind an earlier batch that is still on its way (or being retried) closes
-    // once that batch lands; with nothing earlier outstanding it is a real gap, and fatal.
-    let gap_behind_earlier = error.code() == Some(ErrorCode::OutOfOrderSequenceNumber)
-        && lock(&shared.accumulator).has_earlier_unfinished(&batch.tp, batch.order);
+    // A sequence gap behind an earlier batch that is still on its way (or being retried), or
+    // that was when this one went out (the two may have reached the leader in either order),
+    // closes once that batch lands; with nothing earlier outstanding it is a real gap, and
+    // fatal.
+    // UNKNOWN_PRODUCER_ID is the same gap when the partition has not seen the producer's
+    // first batch yet.
+    let gap = matches!(
+        error.code(),
+        Some(ErrorCode::OutOfOrderSequenceNumber | ErrorCode::UnknownProducerId)
+    );
+    let gap_behind_earlier = gap
+        && (batch.sent_behind_unfinished
+            || lock(&shared.accumulator).has_earlier_unfinished(&batch.tp, batch.order));
     let retriable =
         error.is_retriable() || matches!(error, ClientError::Protocol { .. }) || gap_behind_earlier;
     tracing::debug!(tp = %batch.tp, attempt = batch.attempts, %error, "produce attempt failed");
