@@ -127,6 +127,17 @@ pub struct Partition {
     yielding: Mutex<Option<(Instant, NodeId)>>,
     /// Idempotent producers' sequence state (applied by the state machine, checked here).
     pub producers: Arc<ProducerState>,
+    /// When this leader may check sequences (see `ready_term`).
+    sequence_gate: Mutex<SequenceGate>,
+}
+
+/// Whether the producer state covers every entry of the log as this leader found it.
+#[derive(Debug, Default)]
+struct SequenceGate {
+    term: Option<u64>,
+    /// The last log index when the term was first seen here.
+    log_end: Option<u64>,
+    ready: bool,
 }
 
 impl std::fmt::Debug for Partition {
@@ -429,6 +440,16 @@ impl Partition {
             let mut pending = self.producers.pending.lock().await;
             self.ensure_leader()?;
             pending.begin(self.ready_term()?);
+            let stale = {
+                let table = self.producers.table();
+                pending.marker_is_stale(&table, producer_id, epoch)
+            };
+            if stale {
+                // The producer has moved on past this transaction here: its marker was
+                // written before, and a late copy must not end a later transaction.
+                metrics::counter!("rafka_txn_stale_markers_total").increment(1);
+                return Ok(self.high_watermark());
+            }
             pending.fence(producer_id, epoch);
             self.submit(marker, false).await
         };
@@ -451,7 +472,28 @@ impl Partition {
         let m = self.raft.metrics();
         let m = m.borrow();
         let term = m.current_term;
-        if m.last_applied.is_some_and(|l| l.leader_id.term == term) {
+        let applied = m.last_applied.map(|l| l.index);
+        let mut gate = self.sequence_gate.lock().unwrap_or_else(|e| e.into_inner());
+        // The first check of a term (of this process: a restarted broker may resume leading
+        // its old term) notes how far the log reaches; the producer state is complete once
+        // that is applied, since idempotent batches and markers appended after it went
+        // through this check and are in `Pending`.
+        if gate.term != Some(term) {
+            *gate = SequenceGate {
+                term: Some(term),
+                log_end: m.last_log_index,
+                ready: false,
+            };
+        }
+        if !gate.ready {
+            let caught_up = match gate.log_end {
+                None => true,
+                Some(end) => applied.is_some_and(|a| a >= end),
+            };
+            let own_term = m.last_applied.is_some_and(|l| l.leader_id.term == term);
+            gate.ready = caught_up && own_term;
+        }
+        if gate.ready {
             Ok(term)
         } else {
             Err(Error::LeaderNotReady(format!(
@@ -1410,6 +1452,7 @@ impl Cluster {
             node_id: self.node_id,
             yielding: Mutex::new(None),
             producers,
+            sequence_gate: Mutex::new(SequenceGate::default()),
         });
         self.groups
             .write()

@@ -136,6 +136,13 @@ pub struct AbortedTxn {
     pub last_offset: u64,
 }
 
+/// A producer's open transaction on one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenTxn {
+    pub first_offset: u64,
+    pub epoch: i16,
+}
+
 /// Every producer's state on one partition, as of the applied log up to `next_offset`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerTable {
@@ -143,9 +150,10 @@ pub struct ProducerTable {
     /// (applying one again changes nothing, so replays may overlap).
     pub next_offset: u64,
     pub producers: HashMap<i64, ProducerEntry>,
-    /// Open transactions: producer id -> offset of its transaction's first batch here.
+    /// Open transactions: producer id -> offset of its transaction's first batch here, and
+    /// the transaction's epoch.
     #[serde(default)]
-    pub ongoing: HashMap<i64, u64>,
+    pub ongoing: HashMap<i64, OpenTxn>,
     /// Aborted transactions, in marker order (so by `last_offset`); the ones wholly below the
     /// log start are dropped by [`ProducerTable::prune_aborted`].
     #[serde(default)]
@@ -169,7 +177,10 @@ impl ProducerTable {
             return;
         };
         if h.attributes.is_transactional() {
-            self.ongoing.entry(id.producer_id).or_insert(base_offset.0);
+            self.ongoing.entry(id.producer_id).or_insert(OpenTxn {
+                first_offset: base_offset.0,
+                epoch: id.epoch,
+            });
         }
         let range = SeqRange {
             first_seq: id.first_seq,
@@ -203,18 +214,25 @@ impl ProducerTable {
     /// A COMMIT or ABORT marker at `offset`: ends the producer's open transaction here and
     /// moves the producer to the marker's epoch (the next transaction's), where sequences
     /// start again at 0.
+    ///
+    /// A marker carries the epoch after its transaction, so it can only end a transaction of
+    /// an older epoch. A stale one (a late retry from a coordinator that lost its shard, once
+    /// the producer has moved on) is ignored: it must not end a later transaction.
     fn apply_marker(&mut self, h: &BatchHeader, offset: u64, commit: bool) {
         let pid = h.producer_id.0;
-        if let Some(first) = self.ongoing.remove(&pid) {
+        let epoch = h.producer_epoch.0;
+        if self.marker_is_stale(pid, epoch) {
+            return;
+        }
+        if let Some(open) = self.ongoing.remove(&pid) {
             if !commit {
                 self.aborted.push_back(AbortedTxn {
                     producer_id: pid,
-                    first_offset: first,
+                    first_offset: open.first_offset,
                     last_offset: offset,
                 });
             }
         }
-        let epoch = h.producer_epoch.0;
         let entry = self.producers.entry(pid).or_insert_with(|| ProducerEntry {
             epoch,
             batches: VecDeque::new(),
@@ -227,10 +245,22 @@ impl ProducerTable {
         entry.last_timestamp_ms = entry.last_timestamp_ms.max(h.max_timestamp);
     }
 
+    /// Whether a marker of `producer_id` with `epoch` belongs to a transaction older than the
+    /// producer's current one here.
+    pub fn marker_is_stale(&self, producer_id: i64, epoch: i16) -> bool {
+        self.producers
+            .get(&producer_id)
+            .is_some_and(|e| e.epoch > epoch)
+            || self
+                .ongoing
+                .get(&producer_id)
+                .is_some_and(|o| o.epoch >= epoch)
+    }
+
     /// The first offset a read_committed reader may not see yet: the start of the oldest
     /// open transaction, if any.
     pub fn first_unstable_offset(&self) -> Option<u64> {
-        self.ongoing.values().copied().min()
+        self.ongoing.values().map(|o| o.first_offset).min()
     }
 
     /// Aborted transactions with records in `from..to`.
@@ -354,6 +384,16 @@ impl Pending {
         if list.is_empty() {
             self.by_producer.remove(&producer_id);
         }
+    }
+
+    /// Whether a marker of `producer_id` with `epoch` would be stale once everything pending
+    /// is applied: the producer already wrote with that epoch or a later one.
+    pub fn marker_is_stale(&self, table: &ProducerTable, producer_id: i64, epoch: i16) -> bool {
+        table.marker_is_stale(producer_id, epoch)
+            || self.by_producer.get(&producer_id).is_some_and(|list| {
+                list.iter()
+                    .any(|p| p.epoch > epoch || (p.first_seq >= 0 && p.epoch >= epoch))
+            })
     }
 
     /// Records a transaction marker proposed for `producer_id` with `epoch`: from now on that
@@ -673,6 +713,64 @@ mod tests {
         assert_eq!(table.expire(1_000 + 500, 1_000), 0);
         assert_eq!(table.expire(1_000 + 1_001, 1_000), 2);
         assert!(table.is_empty());
+    }
+
+    fn marker(pid: i64, epoch: i16, commit: bool) -> (BatchHeader, Option<bool>) {
+        let raw = rafka_protocol::batch::transaction_marker(
+            ProducerId(pid),
+            ProducerEpoch(epoch),
+            commit,
+            Timestamp(1_000),
+        );
+        let h = BatchHeader::parse(&raw).unwrap();
+        let kind = marker_kind(&h, &raw);
+        assert_eq!(kind, Some(commit));
+        (h, kind)
+    }
+
+    fn txn_header(pid: i64, epoch: i16, seq: i32) -> BatchHeader {
+        let mut b = BatchBuilder::new(BatchOptions {
+            producer_id: ProducerId(pid),
+            producer_epoch: ProducerEpoch(epoch),
+            base_sequence: Sequence(seq),
+            transactional: true,
+            ..BatchOptions::default()
+        });
+        b.append(Some(Timestamp(1_000)), None, Some(b"v"), &[]);
+        BatchHeader::parse(&b.build()).unwrap()
+    }
+
+    #[test]
+    fn a_stale_marker_never_ends_a_later_transaction() {
+        let mut t = ProducerTable::default();
+        // Transaction at epoch 3 (offsets 0..), committed by a marker with epoch 4.
+        t.apply(&txn_header(7, 3, 0), Offset(0), None);
+        let (m, k) = marker(7, 4, true);
+        t.apply(&m, Offset(1), k);
+        assert!(t.ongoing.is_empty());
+        // The next transaction, epoch 4, is open at offset 2.
+        t.apply(&txn_header(7, 4, 0), Offset(2), None);
+        assert_eq!(t.first_unstable_offset(), Some(2));
+        // A late copy of the epoch-4 marker, and an older abort: both ignored.
+        let (m, k) = marker(7, 4, true);
+        t.apply(&m, Offset(3), k);
+        let (m, k) = marker(7, 3, false);
+        t.apply(&m, Offset(4), k);
+        assert_eq!(t.first_unstable_offset(), Some(2), "still open");
+        assert!(t.aborted.is_empty());
+        assert!(t.marker_is_stale(7, 4));
+        // Its own marker (epoch 5) ends it.
+        let (m, k) = marker(7, 5, false);
+        t.apply(&m, Offset(5), k);
+        assert_eq!(t.first_unstable_offset(), None);
+        assert_eq!(
+            t.aborted.back().copied(),
+            Some(AbortedTxn {
+                producer_id: 7,
+                first_offset: 2,
+                last_offset: 5
+            })
+        );
     }
 
     #[test]
