@@ -200,8 +200,14 @@ struct ShardState {
 }
 
 impl Shard {
+    /// Whether this shard may act: not poisoned, and its partition still led here in the
+    /// term the shard was loaded in. A shard of an earlier term (leadership lost and won back)
+    /// holds state its successor may have moved past: a task still holding it (a marker
+    /// completion) must not write that stale state back.
     fn usable(&self) -> bool {
-        !self.failed.load(Ordering::Acquire) && self.partition.is_leader()
+        !self.failed.load(Ordering::Acquire)
+            && self.partition.is_leader()
+            && self.partition.leader().1 == self.term
     }
 
     /// Writes `records` as one batch and waits until it is committed. Any failure poisons

@@ -364,11 +364,15 @@ fn handle_response(shared: &Shared, batches: Vec<Train>, response: ProduceRespon
             continue;
         }
         if code == ErrorCode::DuplicateSequenceNumber {
-            // Appended by an attempt so long ago that the leader no longer knows where: the
-            // records are in the log exactly once, at offsets this producer cannot learn.
+            // The leader says the batch was appended so long ago that it no longer knows
+            // where. With at most five batches in flight per partition that cannot happen to
+            // a healthy producer, so it is not taken on trust: the records' outcome is
+            // reported unknown (and a transaction holding them can only abort).
             tracing::warn!(%tp, "duplicate of a batch older than the broker remembers");
-            for b in train {
-                complete(shared, b, None);
+            let e = ClientError::broker(code, r.error_message, &tp.topic, tp.partition);
+            for mut b in train.into_iter().rev() {
+                b.ambiguous = true;
+                handle_failure(shared, b, e.clone());
             }
             continue;
         }
