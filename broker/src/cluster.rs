@@ -34,6 +34,7 @@ use rafka_raft::transport::{self, BoxFuture, GroupNetwork, Handler, Reply, Trans
 use rafka_raft::{Batch, GroupId, NodeId, Raft};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::{Error, Result};
 use crate::fs::Fs;
@@ -305,7 +306,16 @@ impl Partition {
     /// offsets instead of being appended again, a gap or a fenced epoch refuses the whole
     /// request before anything is proposed. The check and the hand-over to Raft happen under
     /// one lock per partition, so Raft receives each producer's batches in sequence order.
-    pub async fn append(&self, records: Bytes, acks: i32, timeout: Duration) -> Result<Appended> {
+    ///
+    /// With a `turn`, the batches are handed to Raft only after those of the connection's
+    /// previous produce request (see [`ProduceTurn`]).
+    pub async fn append(
+        &self,
+        records: Bytes,
+        acks: i32,
+        timeout: Duration,
+        turn: Option<ProduceTurn>,
+    ) -> Result<Appended> {
         self.ensure_leader()?;
         let batches = self.log.check_append(&records)?;
         let mut ids = Vec::with_capacity(batches.len());
@@ -327,6 +337,9 @@ impl Partition {
         let deadline = tokio::time::Instant::now() + timeout;
         let leader_only = acks == rafka_protocol::api::acks::LEADER;
         let mut slots = Vec::with_capacity(count);
+        if let Some(turn) = &turn {
+            turn.wait().await;
+        }
         if ids.iter().any(Option::is_some) {
             let mut pending = self.producers.pending.lock().await;
             self.ensure_leader()?;
@@ -363,6 +376,9 @@ impl Partition {
                 slots.push(Slot::Proposed(self.submit(b, leader_only).await));
             }
         }
+        // Handed to Raft (or answered from the producer state): the connection's next produce
+        // may go.
+        drop(turn);
         let mut bases = Vec::with_capacity(count);
         for (i, slot) in slots.into_iter().enumerate() {
             let outcome = match slot {
@@ -541,6 +557,41 @@ impl Partition {
                     ));
                 }
             }
+        }
+    }
+}
+
+/// A produce request's place in its connection's order.
+///
+/// A client with several produce requests in flight on one connection (the idempotent
+/// producer keeps up to five batches of a partition in flight) sends them in sequence order,
+/// but the broker serves each request in its own task, so without this a later request could
+/// reach a partition's sequencer first and be refused as out of order, to be retried after a
+/// backoff. Each produce request waits for the previous one of its connection to hand its
+/// batches to Raft (the cheap part) and then waits for its commit independently, so requests
+/// still commit in a pipeline. Cloned once per partition of the request; the request's turn
+/// ends when every clone is dropped, early returns and errors included.
+#[derive(Clone)]
+pub struct ProduceTurn {
+    after: Option<CancellationToken>,
+    _done: Arc<DropGuard>,
+}
+
+impl ProduceTurn {
+    /// The turn of the request after the one whose turn is `previous` (`None` for a
+    /// connection's first produce); returns it with the token its successor waits on.
+    pub fn next(previous: Option<CancellationToken>) -> (ProduceTurn, CancellationToken) {
+        let done = CancellationToken::new();
+        let turn = ProduceTurn {
+            after: previous,
+            _done: Arc::new(done.clone().drop_guard()),
+        };
+        (turn, done)
+    }
+
+    async fn wait(&self) {
+        if let Some(after) = &self.after {
+            after.cancelled().await;
         }
     }
 }

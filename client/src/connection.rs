@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
 use crate::error::{ClientError, Result};
@@ -209,6 +210,26 @@ impl Connection {
     /// in-flight slot included). A timeout is [`ClientError::Timeout`]: for a write, the broker
     /// may still apply it.
     pub async fn send<R: Request>(&self, request: R, timeout: Duration) -> Result<R::Response> {
+        self.exchange(request, timeout, None).await
+    }
+
+    /// [`Connection::send`], but the request goes on the socket only after the one whose
+    /// [`SendOrder`] came before it (see [`SendOrder`]).
+    pub async fn send_in_order<R: Request>(
+        &self,
+        request: R,
+        timeout: Duration,
+        order: SendOrder,
+    ) -> Result<R::Response> {
+        self.exchange(request, timeout, Some(order)).await
+    }
+
+    async fn exchange<R: Request>(
+        &self,
+        request: R,
+        timeout: Duration,
+        order: Option<SendOrder>,
+    ) -> Result<R::Response> {
         let header = self.header::<R>();
         let correlation_id = header.correlation_id;
         let span = tracing::debug_span!(
@@ -219,6 +240,9 @@ impl Connection {
         );
         let shared = &self.inner.shared;
         let exchange = async {
+            if let Some(after) = order.as_ref().and_then(|o| o.after.as_ref()) {
+                after.cancelled().await;
+            }
             let _permit = self
                 .inner
                 .in_flight
@@ -237,6 +261,8 @@ impl Connection {
             if self.inner.write_tx.send(frame).await.is_err() {
                 return Err(shared.lost("writer stopped"));
             }
+            // Queued for the socket: the next request in order may go.
+            drop(order);
             tracing::trace!("sent");
             // The sender side is dropped without a reply only if the map was torn down.
             let body = rx.await.map_err(|_| shared.lost("connection closed"))??;
@@ -272,6 +298,32 @@ impl Connection {
             .send(frame)
             .await
             .map_err(|_| self.inner.shared.lost("writer stopped"))
+    }
+}
+
+/// Keeps requests in the order their senders were created, up to the socket.
+///
+/// Requests that are sent from separate tasks reach the connection's write queue in whatever
+/// order those tasks run. The idempotent producer needs a partition's batches to reach the
+/// broker in sequence order (a later one first is refused as out of order, and retried after a
+/// backoff), so it makes one `SendOrder` per request, in order, and each request waits for
+/// its predecessor's frame to be queued before it queues its own. The order ends when the
+/// request's frame is queued, or when the request gives up before that (it is dropped).
+pub struct SendOrder {
+    after: Option<CancellationToken>,
+    _queued: DropGuard,
+}
+
+impl SendOrder {
+    /// The order after `previous` (the token returned with the previous `SendOrder`, `None` for
+    /// the first); returns it with the token the next one waits on.
+    pub fn next(previous: Option<CancellationToken>) -> (SendOrder, CancellationToken) {
+        let queued = CancellationToken::new();
+        let order = SendOrder {
+            after: previous,
+            _queued: queued.clone().drop_guard(),
+        };
+        (order, queued)
     }
 }
 

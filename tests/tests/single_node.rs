@@ -185,6 +185,18 @@ async fn hundred_thousand_records_round_trip_complete_and_in_order() {
             assert_eq!(*ho, have[0].0 + i as u64, "offsets are dense");
         }
     }
+    // The idempotent producer pipelines up to five batches per partition: the client must put
+    // them on the connection, and the broker hand them to Raft, in sequence order. A batch
+    // overtaken on the way is refused as out of order (and retried after a backoff).
+    let metrics = http_get(broker.metrics_port, "/metrics").unwrap().1;
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("rafka_produce_sequence_refusals_total"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "pipelined batches reached the sequencer out of order: {refused:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,7 +233,7 @@ impl Shard {
         }
         match self
             .partition
-            .append(batch, acks::ALL, config.write_timeout)
+            .append(batch, acks::ALL, config.write_timeout, None)
             .await
         {
             Ok(_) => Ok(()),
@@ -260,7 +260,7 @@ impl Shard {
         }]);
         if let Err(e) = self
             .partition
-            .append(barrier, acks::ALL, config.write_timeout)
+            .append(barrier, acks::ALL, config.write_timeout, None)
             .await
         {
             tracing::info!(partition = self.index, error = %e, "coordinator barrier failed");

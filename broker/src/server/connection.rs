@@ -7,6 +7,10 @@
 //! task; a client that does not read its responses fills the socket, then the channel, then
 //! holds the permits: backpressure all the way.
 //!
+//! Produce requests are still ordered: each hands its batches to Raft only after the previous
+//! produce of the connection did (`ProduceTurn`), so pipelined batches of an idempotent
+//! producer reach the partition's sequencer in the order they were sent.
+//!
 //! A frame over the size limit, an undecodable header, or a connection idle for
 //! [`IDLE_TIMEOUT`] closes the connection with one log line; every other connection goes on.
 
@@ -21,6 +25,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::ProduceTurn;
+use rafka_protocol::api::ApiKey;
 
 use super::dispatch::Segments;
 use super::{dispatch, Context, SHUTDOWN_GRACE};
@@ -49,6 +57,8 @@ pub async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         }
     });
     let permits = Arc::new(Semaphore::new(in_flight));
+    // Produce requests hand their batches to Raft in the order they arrived (ProduceTurn).
+    let mut last_produce: Option<CancellationToken> = None;
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -79,10 +89,15 @@ pub async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
                 break;
             }
         };
+        let turn = (header.api_key == ApiKey::Produce as u32).then(|| {
+            let (turn, done) = ProduceTurn::next(last_produce.take());
+            last_produce = Some(done);
+            turn
+        });
         let ctx = Arc::clone(&ctx);
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Some(response) = dispatch::handle(&ctx, header, body, peer).await {
+            if let Some(response) = dispatch::handle(&ctx, header, body, peer, turn).await {
                 // A closed channel means the connection is gone; the response has nowhere to go.
                 let _ = tx.send(response).await;
             }

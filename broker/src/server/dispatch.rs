@@ -9,18 +9,22 @@ use bytes::Bytes;
 use rafka_protocol::messages::*;
 use rafka_protocol::{frame, ApiKey, ErrorCode, Request};
 
+use crate::cluster::ProduceTurn;
+
 use super::{admin, fetch, group, list_offsets, metadata, produce, producer, Context};
 
 /// A response frame's payload as a list of buffers written with one `writev`, so that record
 /// data served by a fetch is never copied into a frame buffer.
 pub type Segments = Vec<Bytes>;
 
-/// Handles one request; `None` when no response is due (produce with acks=0).
+/// Handles one request; `None` when no response is due (produce with acks=0). `turn` is the
+/// request's place among its connection's produce requests (only produce uses it).
 pub async fn handle(
     ctx: &Arc<Context>,
     header: RequestHeader,
     body: Bytes,
     peer: std::net::SocketAddr,
+    turn: Option<ProduceTurn>,
 ) -> Option<Segments> {
     let started = Instant::now();
     let corr = header.correlation_id;
@@ -59,7 +63,7 @@ pub async fn handle(
         ApiKey::Produce => match frame::decode_body::<ProduceRequest>(body) {
             Ok(req) => {
                 let acks = req.acks;
-                let resp = produce::produce(ctx, req).await;
+                let resp = produce::produce(ctx, req, turn).await;
                 (acks != rafka_protocol::api::acks::NONE).then(|| ok_response(corr, &resp))
             }
             Err(e) => Some(request_error(

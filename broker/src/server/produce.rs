@@ -19,13 +19,20 @@ use rafka_protocol::messages::*;
 use rafka_protocol::ErrorCode;
 
 use super::Context;
+use crate::cluster::ProduceTurn;
 
 /// How long a produce waits for its commit when the request gives no timeout.
 pub const PRODUCE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// The longest a produce may wait for its commit, whatever the request asks.
 pub const PRODUCE_TIMEOUT_MAX: Duration = Duration::from_secs(120);
 
-pub async fn produce(ctx: Arc<Context>, req: ProduceRequest) -> ProduceResponse {
+/// `turn` orders the request after the connection's previous produce (see
+/// [`ProduceTurn`]); `None` for a request outside any connection order.
+pub async fn produce(
+    ctx: Arc<Context>,
+    req: ProduceRequest,
+    turn: Option<ProduceTurn>,
+) -> ProduceResponse {
     let acks = req.acks;
     let mut names = Vec::with_capacity(req.topics.len());
     let mut work = Vec::new();
@@ -40,6 +47,7 @@ pub async fn produce(ctx: Arc<Context>, req: ProduceRequest) -> ProduceResponse 
                 p,
                 acks,
                 timeout_ms,
+                turn.clone(),
             ));
         }
     }
@@ -50,6 +58,8 @@ pub async fn produce(ctx: Arc<Context>, req: ProduceRequest) -> ProduceResponse 
             partitions: Vec::new(),
         })
         .collect();
+    // Each partition holds its own clone; the turn ends when the last is dropped.
+    drop(turn);
     for (ti, r) in join_all(work).await {
         topics[ti].partitions.push(r);
     }
@@ -63,6 +73,7 @@ async fn append_one(
     p: ProducePartition,
     acks: i32,
     timeout_ms: u32,
+    turn: Option<ProduceTurn>,
 ) -> (usize, ProducePartitionResult) {
     let index = p.partition;
     let fail = |code: ErrorCode, message: String| ProducePartitionResult {
@@ -115,7 +126,7 @@ async fn append_one(
     } else {
         Duration::from_millis(u64::from(timeout_ms)).min(PRODUCE_TIMEOUT_MAX)
     };
-    match partition.append(p.records, acks, timeout).await {
+    match partition.append(p.records, acks, timeout, turn).await {
         Ok(appended) => {
             metrics::counter!("rafka_bytes_in_total", "topic" => topic.clone()).increment(bytes);
             metrics::counter!("rafka_records_in_total", "topic" => topic)

@@ -256,7 +256,7 @@ impl Shard {
         }
         match self
             .partition
-            .append(batch, acks::ALL, config.write_timeout)
+            .append(batch, acks::ALL, config.write_timeout, None)
             .await
         {
             Ok(_) => Ok(()),
@@ -283,7 +283,7 @@ impl Shard {
         }]);
         if let Err(e) = self
             .partition
-            .append(barrier, acks::ALL, config.write_timeout)
+            .append(barrier, acks::ALL, config.write_timeout, None)
             .await
         {
             tracing::info!(partition = self.index, error = %e, "transaction coordinator barrier failed");

@@ -9,7 +9,9 @@
 //! a retriable error puts the batch back at the head of its queue after a backoff (with the
 //! leader forgotten, or set from the NOT_LEADER hint), anything else fails the records.
 //! Requests in flight are bounded by the connection's semaphore and per partition by the
-//! accumulator (one request without idempotence, five batches with it).
+//! accumulator (one request without idempotence, five batches with it). Requests to one broker
+//! are queued on its connection in the order this loop made them (`SendOrder`), so a
+//! partition's pipelined batches arrive in sequence order.
 //!
 //! With idempotence, the loop first gets the producer's identity (InitProducerId, from any
 //! broker; a transactional producer gets it from `init_transactions` instead). An
@@ -38,12 +40,13 @@ use rafka_protocol::messages::{
 };
 use rafka_protocol::ErrorCode;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::accumulator::{Identity, ProducerBatch};
 use super::{Acks, Shared, REQUEST_BYTES_MAX};
 use crate::cluster::{BrokerId, TopicPartition};
-use crate::connection::lock;
+use crate::connection::{lock, SendOrder};
 use crate::error::ClientError;
 
 /// How long the loop sleeps when nothing is scheduled: only a safety net, as every event that
@@ -51,6 +54,9 @@ use crate::error::ClientError;
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(shared: Arc<Shared>) {
+    // Per broker, the token the next produce request waits on before it is queued on the
+    // connection (see `SendOrder`): requests go out in the order this loop made them.
+    let mut last_queued: HashMap<BrokerId, CancellationToken> = HashMap::new();
     loop {
         // A transactional producer's identity comes from `init_transactions` only: one from
         // any broker would be unknown to the transaction coordinator.
@@ -148,7 +154,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     batches = request.len(),
                     records
                 );
-                tokio::spawn(send_request(shared.clone(), leader, request).instrument(span));
+                let (order, queued) = SendOrder::next(last_queued.remove(&leader));
+                last_queued.insert(leader, queued);
+                tokio::spawn(send_request(shared.clone(), leader, request, order).instrument(span));
             }
         }
         if done {
@@ -266,7 +274,12 @@ fn train_failed(shared: &Shared, train: Train, error: &ClientError) {
     }
 }
 
-async fn send_request(shared: Arc<Shared>, leader: BrokerId, batches: Vec<Train>) {
+async fn send_request(
+    shared: Arc<Shared>,
+    leader: BrokerId,
+    batches: Vec<Train>,
+    order: SendOrder,
+) {
     let config = &shared.config;
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let mut topics: BTreeMap<&str, Vec<ProducePartition>> = BTreeMap::new();
@@ -301,6 +314,7 @@ async fn send_request(shared: Arc<Shared>, leader: BrokerId, batches: Vec<Train>
         }
     };
     if config.acks == Acks::None {
+        drop(order);
         let sent = conn.send_no_response(request).await;
         for train in batches {
             match &sent {
@@ -314,7 +328,7 @@ async fn send_request(shared: Arc<Shared>, leader: BrokerId, batches: Vec<Train>
         }
         return;
     }
-    match conn.send(request, timeout).await {
+    match conn.send_in_order(request, timeout, order).await {
         Err(e) => {
             for train in batches {
                 train_failed(&shared, train, &e);
