@@ -2,7 +2,8 @@
 //!
 //! One producer sends `--messages N` records of `--size` bytes at a fixed rate (`--rate`,
 //! default 1000 records/s: record `i` is sent at `start + i / rate`) with acks=all, linger 0
-//! and one request in flight; one consumer, assigned every partition of the topic from the
+//! and `--max-in-flight` requests in flight (default one; `--idempotent` for the idempotent
+//! producer); one consumer, assigned every partition of the topic from the
 //! latest offset, polls concurrently in the same process. The first 8 bytes of each value are
 //! the send time in microseconds since an `Instant` both sides share (values shorter than 8
 //! bytes are padded to 8); the rest is pseudo-random. The topic is created with
@@ -15,8 +16,7 @@
 //! - `seconds`: from the first send to the last record consumed;
 //! - `p50_ms` .. `max_ms`: per record, consume time (when `poll` returned it) minus send time
 //!   (just before `Producer::send`);
-//! - `ack_p50_ms` .. `ack_max_ms`: per record, send→ack latency of the producer (acks=all with
-//!   one request in flight);
+//! - `ack_p50_ms` .. `ack_max_ms`: per record, send→ack latency of the producer;
 //! - with the raw measurement (default; `--no-raw` skips it), done before the run:
 //!   `raw_fsync_p50_ms` is the p50 of `write` + `fdatasync` of a one-record batch on the
 //!   current directory's disk, `raw_rtt_p50_ms` the p50 round trip of a request of that size
@@ -83,6 +83,18 @@ pub struct E2eArgs {
     /// Print one JSON object at the end instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// Produce requests in flight per broker connection. 1 (the default) is the strictest
+    /// shape: each request waits for the previous one's commit.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_in_flight: u64,
+    /// Idempotent producer (the client's default; off here so figures compare with earlier
+    /// runs): with `--max-in-flight 5`, what applications run.
+    #[arg(long)]
+    pub idempotent: bool,
+    /// Also write one line per consumed record, `SENT_MS LATENCY_MS` (send time since the
+    /// start of the run), to this file: shows when stalls happen, not only how long they are.
+    #[arg(long)]
+    pub latency_log: Option<std::path::PathBuf>,
 }
 
 /// The raw latency floor of one acks=all request.
@@ -193,10 +205,9 @@ async fn e2e(args: &E2eArgs) -> Result<Report> {
         bootstrap: bootstrap.clone(),
         client_id: "rafka-bench-e2e".into(),
         acks: Acks::All,
-        // One record in flight, as before idempotence: the latency figure stays comparable.
-        enable_idempotence: false,
+        enable_idempotence: args.idempotent,
         linger_ms: 0,
-        max_in_flight: 1,
+        max_in_flight: args.max_in_flight as usize,
         ..ProducerConfig::default()
     })
     .context(|| "creating a producer".into())?;
@@ -240,6 +251,7 @@ async fn e2e(args: &E2eArgs) -> Result<Report> {
         Duration::from_millis(args.idle_timeout_ms),
         producing_done.clone(),
         counters.clone(),
+        args.latency_log.clone(),
     ));
     let progress = ProgressLine::start("e2e", counters.clone());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -309,9 +321,11 @@ async fn e2e(args: &E2eArgs) -> Result<Report> {
             ("acks", Value::Str("all".into())),
             ("record_bytes", Value::Int(size as u64)),
             ("partitions", Value::Int(tps.len() as u64)),
+            ("max_in_flight", Value::Int(args.max_in_flight)),
+            ("idempotent", Value::Str(args.idempotent.to_string())),
         ],
         comparisons: vec![format!(
-            "send→ack latency (acks=all, one in flight): p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} \
+            "send→ack latency (acks=all): p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} \
              ms, max {:.3} ms",
             ack.p50_ms, ack.p99_ms, ack.p999_ms, ack.max_ms
         )],
@@ -327,7 +341,10 @@ async fn consume_loop(
     idle_timeout: Duration,
     producing_done: Arc<AtomicBool>,
     counters: Arc<Counters>,
+    latency_log: Option<std::path::PathBuf>,
 ) -> Result<Consumed> {
+    // In memory until the end: writing during the run would add to what it measures.
+    let mut log_lines: Vec<(u64, u64)> = Vec::new();
     let mut out = Consumed {
         latency: LatencyRecorder::new()?,
         messages: 0,
@@ -367,12 +384,26 @@ async fn consume_loop(
                 continue;
             }
             out.latency.record_us(now_us.saturating_sub(sent_us));
+            if latency_log.is_some() {
+                log_lines.push((sent_us, now_us.saturating_sub(sent_us)));
+            }
             out.messages += 1;
             out.bytes += value.len() as u64;
             Counters::add(&counters.consumed, 1);
             Counters::add(&counters.consumed_bytes, value.len() as u64);
         }
         out.last = Some(now);
+    }
+    if let Some(path) = latency_log {
+        let mut text = String::with_capacity(log_lines.len() * 16);
+        for (sent_us, latency_us) in log_lines {
+            text.push_str(&format!(
+                "{:.3} {:.3}\n",
+                sent_us as f64 / 1000.0,
+                latency_us as f64 / 1000.0
+            ));
+        }
+        std::fs::write(&path, text).context(|| format!("writing {}", path.display()))?;
     }
     Ok(out)
 }
