@@ -12,7 +12,8 @@
 //! position is persisted, so a restart replays only the log written since.
 
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -52,7 +53,12 @@ pub struct PartitionSm {
     persisted_at: Instant,
     producers: Arc<ProducerState>,
     /// Whether the producer table changed since it was last written.
-    producers_dirty: bool,
+    producers_dirty: Arc<AtomicBool>,
+    /// A background write of the applied position is running.
+    persisting: Arc<AtomicBool>,
+    /// Held while the files are written: a write now and one in the background never
+    /// interleave (they share the temporary file).
+    writing: Arc<Mutex<()>>,
     expired_at: Instant,
 }
 
@@ -87,7 +93,9 @@ impl PartitionSm {
             membership: meta.membership,
             persisted_at: Instant::now(),
             producers: Arc::clone(&producers),
-            producers_dirty: false,
+            producers_dirty: Arc::new(AtomicBool::new(false)),
+            persisting: Arc::new(AtomicBool::new(false)),
+            writing: Arc::new(Mutex::new(())),
             expired_at: Instant::now(),
         };
         (sm, producers)
@@ -97,32 +105,80 @@ impl PartitionSm {
         *self.high_watermark.borrow()
     }
 
+    /// Writes the applied position and, if it changed, the producer table, now.
     fn persist(&mut self) -> Result<(), StorageError> {
-        let (applied, membership) = (self.applied, self.membership.clone());
         self.persisted_at = Instant::now();
-        self.shared
-            .update_meta(|m| {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        persist_state(
+            &self.shared,
+            &self.producers,
+            &self.producers_dirty,
+            self.applied,
+            self.membership.clone(),
+        )
+    }
+
+    /// [`PartitionSm::persist`] on the blocking pool, without waiting: the writes end in
+    /// fsyncs and renames that took a Tokio worker (and every task queued behind it) for
+    /// milliseconds under load, every interval, on every replica. One at a time; a failure
+    /// is logged and the next interval writes again (the position only shortens a restart's
+    /// replay).
+    fn persist_in_background(&mut self) {
+        if self.persisting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.persisted_at = Instant::now();
+        let shared = Arc::clone(&self.shared);
+        let producers = Arc::clone(&self.producers);
+        let dirty = Arc::clone(&self.producers_dirty);
+        let persisting = Arc::clone(&self.persisting);
+        let writing = Arc::clone(&self.writing);
+        let (applied, membership) = (self.applied, self.membership.clone());
+        tokio::task::spawn_blocking(move || {
+            let _writing = writing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = persist_state(&shared, &producers, &dirty, applied, membership) {
+                tracing::error!(group = %shared.group, error = %e, "writing the applied position failed");
+            }
+            persisting.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Writes the applied position (as a lower bound) to the meta file, then the producer table if
+/// it changed since its last write.
+fn persist_state(
+    shared: &Shared,
+    producers: &ProducerState,
+    dirty: &AtomicBool,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+) -> Result<(), StorageError> {
+    shared
+        .update_meta(|m| {
+            // Never backwards: a background write may finish after a newer one.
+            if m.applied
+                .is_none_or(|a| applied.is_some_and(|n| n.index >= a.index))
+            {
                 m.applied = applied;
                 m.membership = membership;
-            })
-            .map_err(|e| sm_err(ErrorVerb::Write, e.to_string()))?;
-        // After the meta: a table file newer than the applied position it is restored with
-        // would be harmless too (applying a batch twice changes nothing), but never needed.
-        let log_start = self.shared.log.log_start_offset().0;
-        if self.producers.table().prune_aborted(log_start) {
-            self.producers_dirty = true;
-        }
-        if self.producers_dirty {
-            let raw = serde_json::to_vec(&*self.producers.table()).expect("table serialises");
-            let path = self.shared.log.dir().join(STATE_FILE);
-            self.shared
-                .fs()
-                .write_atomically(&path, &raw)
-                .map_err(|e| sm_err(ErrorVerb::Write, format!("{}: {e}", path.display())))?;
-            self.producers_dirty = false;
-        }
-        Ok(())
+            }
+        })
+        .map_err(|e| sm_err(ErrorVerb::Write, e.to_string()))?;
+    // After the meta: a table file newer than the applied position it is restored with
+    // would be harmless too (applying a batch twice changes nothing), but never needed.
+    let log_start = shared.log.log_start_offset().0;
+    if producers.table().prune_aborted(log_start) {
+        dirty.store(true, Ordering::Release);
     }
+    if dirty.swap(false, Ordering::AcqRel) {
+        let raw = serde_json::to_vec(&*producers.table()).expect("table serialises");
+        let path = shared.log.dir().join(STATE_FILE);
+        if let Err(e) = shared.fs().write_atomically(&path, &raw) {
+            dirty.store(true, Ordering::Release);
+            return Err(sm_err(ErrorVerb::Write, format!("{}: {e}", path.display())));
+        }
+    }
+    Ok(())
 }
 
 /// The producer table as of the high watermark `hw`: the table file if it is usable, then the
@@ -271,7 +327,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                         if h.producer_id != rafka_protocol::ProducerId::NONE {
                             let marker = marker_kind(&h, bytes);
                             self.producers.table().apply(&h, base, marker);
-                            self.producers_dirty = true;
+                            self.producers_dirty.store(true, Ordering::Release);
                         }
                     }
                 }
@@ -298,11 +354,13 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
             let now = rafka_protocol::Timestamp::now().as_millis();
             let expiration_ms = self.producers.expiration_ms;
             if self.producers.table().expire(now, expiration_ms) > 0 {
-                self.producers_dirty = true;
+                self.producers_dirty.store(true, Ordering::Release);
             }
         }
-        if membership_changed || self.persisted_at.elapsed() >= APPLIED_PERSIST_INTERVAL {
+        if membership_changed {
             self.persist()?;
+        } else if self.persisted_at.elapsed() >= APPLIED_PERSIST_INTERVAL {
+            self.persist_in_background();
         }
         Ok(out)
     }
@@ -330,7 +388,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
             next_offset: next.0,
             ..ProducerTable::default()
         });
-        self.producers_dirty = true;
+        self.producers_dirty.store(true, Ordering::Release);
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || shared.reset_to_snapshot(last, next))
             .await
