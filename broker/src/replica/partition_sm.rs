@@ -357,6 +357,9 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 self.producers_dirty.store(true, Ordering::Release);
             }
         }
+        if let Some(applied) = self.applied {
+            self.shared.applied_through(applied.index);
+        }
         if membership_changed {
             self.persist()?;
         } else if self.persisted_at.elapsed() >= APPLIED_PERSIST_INTERVAL {

@@ -39,6 +39,10 @@ const META_FILE: &str = "raft-meta.json";
 const FLUSH_QUEUE_DEPTH: usize = 1024;
 /// Most bytes of entries one replication read returns (it always returns at least one).
 const READ_BYTES_MAX: usize = 8 << 20;
+/// Most bytes of recent entries a group keeps in memory (see [`Recent`]).
+const RECENT_BYTES_MAX: usize = 16 << 20;
+/// Bytes of already applied entries a group keeps for a follower that is a round behind.
+const RECENT_APPLIED_BYTES_MAX: usize = 1 << 20;
 
 /// Raft state kept beside the log.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -71,6 +75,108 @@ impl IndexMap {
     }
 }
 
+/// The entries most recently appended, in memory.
+///
+/// Every entry is read back soon after it is written: by the leader once per follower to
+/// replicate it, and by every replica to apply it. Reading it from the log costs a copy out of
+/// the page cache and a trip to the blocking pool each time, on the path every acks=all
+/// produce waits for, so the entries from the oldest one not yet applied (plus a little
+/// already applied, for a follower a round behind) are kept here, as the same `Bytes` that
+/// were appended. Reads of anything else go to the log. Bounded per group by
+/// [`RECENT_BYTES_MAX`]; an idle group keeps at most [`RECENT_APPLIED_BYTES_MAX`].
+#[derive(Default)]
+struct Recent {
+    /// Index of `entries[0]`.
+    first: u64,
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn next_index(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+            self.first += 1;
+        }
+    }
+
+    /// Adds the entry just appended to the log.
+    fn push(&mut self, e: &Entry) {
+        let index = e.log_id.index;
+        if self.entries.is_empty() || self.next_index() != index {
+            self.clear();
+            self.first = index;
+        }
+        let size = match &e.payload {
+            openraft::EntryPayload::Normal(rafka_raft::Batch(b)) => b.len(),
+            _ => 64,
+        };
+        self.entries.push_back((e.clone(), size));
+        self.bytes += size;
+        while self.bytes > RECENT_BYTES_MAX && self.entries.len() > 1 {
+            self.pop_front();
+        }
+    }
+
+    /// Forgets the entries from `index` on (the log was truncated there).
+    fn truncate(&mut self, index: u64) {
+        if index <= self.first {
+            self.clear();
+        } else {
+            while self.next_index() > index {
+                if let Some((_, size)) = self.entries.pop_back() {
+                    self.bytes -= size;
+                }
+            }
+        }
+    }
+
+    /// Forgets entries before `index` (purged), and applied ones through `applied` beyond
+    /// the applied allowance.
+    fn forget(&mut self, index: u64, applied: Option<u64>) {
+        while !self.entries.is_empty() && self.first < index {
+            self.pop_front();
+        }
+        if let Some(applied) = applied {
+            while !self.entries.is_empty()
+                && self.first <= applied
+                && self.bytes > RECENT_APPLIED_BYTES_MAX
+            {
+                self.pop_front();
+            }
+        }
+    }
+
+    /// The entries `start..end`, up to about `max_bytes` (at least one), if all are here.
+    fn get(&self, start: u64, end: u64, max_bytes: usize) -> Option<Vec<Entry>> {
+        if self.entries.is_empty() || start < self.first || end > self.next_index() {
+            return None;
+        }
+        let mut out = Vec::with_capacity((end - start) as usize);
+        let mut bytes = 0;
+        for (e, size) in self
+            .entries
+            .range((start - self.first) as usize..(end - self.first) as usize)
+        {
+            if !out.is_empty() && bytes >= max_bytes {
+                break;
+            }
+            out.push(e.clone());
+            bytes += size;
+        }
+        Some(out)
+    }
+}
+
 /// What the log store and the state machine of one group share.
 pub struct Shared {
     pub group: GroupId,
@@ -79,6 +185,7 @@ pub struct Shared {
     meta_path: PathBuf,
     meta: Mutex<RaftMeta>,
     map: Mutex<IndexMap>,
+    recent: Mutex<Recent>,
     /// Signalled when a snapshot install has reset the log (a purge past the end waits on it).
     reset: Notify,
     /// acks=1 producers waiting for their batch's local append, by the address of the batch's
@@ -141,6 +248,7 @@ impl Shared {
             meta_path,
             meta: Mutex::new(meta),
             map: Mutex::new(map),
+            recent: Mutex::new(Recent::default()),
             reset: Notify::new(),
             local_appends: Mutex::new(HashMap::new()),
         });
@@ -155,6 +263,25 @@ impl Shared {
 
     fn map(&self) -> std::sync::MutexGuard<'_, IndexMap> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries through `index` are applied: the in-memory copy may let them go.
+    pub fn applied_through(&self, index: u64) {
+        self.recent().forget(0, Some(index));
+    }
+
+    /// The entries `start..end` (at most about `max_bytes`, at least one) from memory, if
+    /// they are all there; `None` means read the log.
+    fn recent_entries(&self, start: u64, end: u64, max_bytes: usize) -> Option<Vec<Entry>> {
+        let end = end.min(self.map().next_index());
+        if start >= end {
+            return None;
+        }
+        self.recent().get(start, end, max_bytes)
     }
 
     pub fn meta(&self) -> RaftMeta {
@@ -243,6 +370,7 @@ impl Shared {
             if self.log.log_end_offset() > next_offset {
                 self.log.truncate_to(next_offset)?;
             }
+            self.recent().clear();
             let mut map = self.map();
             map.first = last.index + 1;
             map.bases.clear();
@@ -395,6 +523,8 @@ impl LogStore {
             let mut map = shared.map();
             map.bases.push_back(info.base_offset);
             map.last_term = term;
+            drop(map);
+            shared.recent().push(&e);
         }
         let sync = shared.log.config().flush == FlushPolicy::Manual;
         self.flusher
@@ -440,6 +570,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = range_to(&range);
+        if let Some(entries) = self.shared.recent_entries(start, end, usize::MAX) {
+            return Ok(entries);
+        }
         let shared = Arc::clone(&self.shared);
         // Unlimited: openraft asks for exactly what it needs (for applying, or a bounded
         // replication window).
@@ -453,6 +586,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
+        if let Some(entries) = self.shared.recent_entries(start, end, READ_BYTES_MAX) {
+            return Ok(entries);
+        }
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || shared.read_entries(start, end, READ_BYTES_MAX))
             .await
@@ -515,6 +651,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .log
             .truncate_to(offset)
             .map_err(|e| io_err(ErrorVerb::Write, e))?;
+        shared.recent().truncate(log_id.index);
         let mut map = shared.map();
         let keep = (log_id.index - map.first) as usize;
         map.bases.truncate(keep);
@@ -574,6 +711,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .log
                 .delete_before(cut)
                 .map_err(|e| io_err(ErrorVerb::Delete, e))?;
+            shared.recent().forget(log_id.index + 1, None);
             let mut map = shared.map();
             let n = (log_id.index + 1 - map.first) as usize;
             map.bases.drain(..n);
@@ -582,5 +720,90 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(|e| anyhow_err(ErrorVerb::Delete, e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rafka_raft::Batch;
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: entry::log_id(1, index),
+            payload: openraft::EntryPayload::Normal(Batch(Bytes::from(vec![0u8; bytes]))),
+        }
+    }
+
+    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        entries.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn recent_entries_serve_only_ranges_they_hold_whole() {
+        let mut r = Recent::default();
+        for i in 5..10 {
+            r.push(&entry(i, 100));
+        }
+        assert_eq!(indexes(r.get(5, 10, usize::MAX)), Some(vec![5, 6, 7, 8, 9]));
+        assert_eq!(indexes(r.get(7, 9, usize::MAX)), Some(vec![7, 8]));
+        assert_eq!(indexes(r.get(4, 9, usize::MAX)), None, "4 is not here");
+        assert_eq!(indexes(r.get(5, 11, usize::MAX)), None, "10 is not here");
+        // A byte limit stops after the entry that reaches it, and returns at least one.
+        assert_eq!(indexes(r.get(5, 10, 150)), Some(vec![5, 6]));
+        assert_eq!(indexes(r.get(5, 10, 1)), Some(vec![5]));
+    }
+
+    #[test]
+    fn recent_entries_follow_truncation_purge_and_gaps() {
+        let mut r = Recent::default();
+        for i in 1..=6 {
+            r.push(&entry(i, 10));
+        }
+        r.truncate(4);
+        assert_eq!(r.next_index(), 4);
+        assert_eq!(r.bytes, 30);
+        // The new leader's entries continue from the truncation point.
+        r.push(&entry(4, 10));
+        assert_eq!(indexes(r.get(1, 5, usize::MAX)), Some(vec![1, 2, 3, 4]));
+        r.forget(3, None);
+        assert_eq!(indexes(r.get(3, 5, usize::MAX)), Some(vec![3, 4]));
+        assert_eq!(r.get(2, 5, usize::MAX).map(|v| v.len()), None);
+        // An entry that does not follow the last one (a snapshot moved the log) starts over.
+        r.push(&entry(20, 10));
+        assert_eq!(indexes(r.get(20, 21, usize::MAX)), Some(vec![20]));
+        assert_eq!(r.bytes, 10);
+        r.truncate(20);
+        assert!(r.entries.is_empty());
+        assert_eq!(r.bytes, 0);
+    }
+
+    #[test]
+    fn recent_entries_stay_within_their_byte_bounds() {
+        let mut r = Recent::default();
+        let big = RECENT_BYTES_MAX / 4;
+        for i in 0..10 {
+            r.push(&entry(i, big));
+        }
+        assert!(r.bytes <= RECENT_BYTES_MAX, "{} bytes kept", r.bytes);
+        assert_eq!(r.next_index(), 10);
+        // Once applied, only the applied allowance stays.
+        let mut r = Recent::default();
+        for i in 0..100 {
+            r.push(&entry(i, 64 << 10));
+        }
+        r.forget(0, Some(99));
+        assert!(
+            r.bytes <= RECENT_APPLIED_BYTES_MAX,
+            "{} bytes kept",
+            r.bytes
+        );
+        // Unapplied entries are kept whatever the allowance.
+        let mut r = Recent::default();
+        for i in 0..100 {
+            r.push(&entry(i, 64 << 10));
+        }
+        r.forget(0, Some(10));
+        assert_eq!(r.first, 11);
     }
 }
