@@ -1901,7 +1901,7 @@ impl Handler for PeerHandler {
                         .get(&group)
                         .cloned();
                     match raft {
-                        Some(raft) => transport::handle_raft_rpc(&raft, kind, &payload).await,
+                        Some(raft) => transport::handle_raft_rpc(&raft, kind, payload).await,
                         None => Reply::UnknownGroup,
                     }
                 }
