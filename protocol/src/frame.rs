@@ -5,8 +5,11 @@
 //! length-delimited header message comes first, then the body message. Decoding works on
 //! `Bytes`, so `bytes` fields of the body (record batches) share the frame's buffer.
 
+use std::io::IoSlice;
+
 use bytes::{Bytes, BytesMut};
 use prost::Message;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::api::Request;
@@ -25,6 +28,42 @@ pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
         .big_endian()
         .max_frame_length(max_frame_bytes)
         .new_codec()
+}
+
+/// Writes one frame, the 4-byte big-endian length and then `segments` back to back, with
+/// vectored writes: record batches go from their buffers to the socket without being copied
+/// into a frame first. A frame over `max_frame_bytes` is an `InvalidData` error and nothing is
+/// written (the peer's codec would refuse it anyway).
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    segments: &[Bytes],
+    max_frame_bytes: usize,
+) -> std::io::Result<()> {
+    let total: usize = segments.iter().map(Bytes::len).sum();
+    if total > max_frame_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame of {total} bytes exceeds the limit of {max_frame_bytes}"),
+        ));
+    }
+    let prefix = (total as u32).to_be_bytes();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(segments.len() + 1);
+    slices.push(IoSlice::new(&prefix));
+    slices.extend(
+        segments
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| IoSlice::new(s)),
+    );
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
 }
 
 /// Encodes a request frame body (without the length prefix, which the codec adds).

@@ -35,9 +35,6 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::io::IoSlice;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::{Framed, FramedRead, LengthDelimitedCodec};
@@ -289,37 +286,6 @@ fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// Writes one length-prefixed frame (the same framing as [`codec`]) from its segments, with
-/// vectored writes: a request's record batches go from the log's buffers to the socket without
-/// being copied into a frame first.
-async fn write_segments(w: &mut OwnedWriteHalf, segments: &[Bytes]) -> std::io::Result<()> {
-    let total: usize = segments.iter().map(Bytes::len).sum();
-    if total > FRAME_BYTES_MAX {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {total} bytes exceeds {FRAME_BYTES_MAX}"),
-        ));
-    }
-    let prefix = (total as u32).to_be_bytes();
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(segments.len() + 1);
-    slices.push(IoSlice::new(&prefix));
-    slices.extend(
-        segments
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| IoSlice::new(s)),
-    );
-    let mut bufs = &mut slices[..];
-    while !bufs.is_empty() {
-        let n = w.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, n);
-    }
-    Ok(())
-}
-
 fn spawn_lane(stream: TcpStream) -> Lane {
     let (read_half, mut write_half) = stream.into_split();
     let mut source = FramedRead::new(read_half, codec());
@@ -338,7 +304,12 @@ fn spawn_lane(stream: TcpStream) -> Lane {
     let writer_fail = fail_all.clone();
     tokio::spawn(async move {
         while let Some(segments) = rx.recv().await {
-            if write_segments(&mut write_half, &segments).await.is_err() {
+            // Vectored: a request's record batches go from the log's buffers to the socket
+            // without being copied into a frame first.
+            let written =
+                rafka_protocol::frame::write_frame(&mut write_half, &segments, FRAME_BYTES_MAX)
+                    .await;
+            if written.is_err() {
                 break;
             }
         }

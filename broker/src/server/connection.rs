@@ -18,10 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::io::IoSlice;
-
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::FramedRead;
@@ -50,7 +47,10 @@ pub async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let (tx, mut rx) = mpsc::channel::<Segments>(in_flight);
     let writer_task = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
-            if let Err(e) = write_frame(&mut writer, &frame, max_frame).await {
+            // Handlers size responses under the limit; a bigger one would be refused by the
+            // client's codec anyway, so close rather than send it.
+            if let Err(e) = rafka_protocol::frame::write_frame(&mut writer, &frame, max_frame).await
+            {
                 tracing::debug!(%peer, error = %e, "writing a response failed; closing");
                 return;
             }
@@ -110,40 +110,4 @@ pub async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     drop(tx);
     let _ = writer_task.await;
     metrics::gauge!("rafka_connections").decrement(1.0);
-}
-
-/// Writes one length-prefixed frame from its segments with vectored writes (no copy into a
-/// frame buffer).
-async fn write_frame(
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
-    segments: &[bytes::Bytes],
-    max_frame: usize,
-) -> std::io::Result<()> {
-    let total: usize = segments.iter().map(bytes::Bytes::len).sum();
-    if total > max_frame {
-        // Handlers size responses under the limit; a bigger one would be refused by the
-        // client's codec anyway, so close rather than send it.
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("response of {total} bytes exceeds the frame limit {max_frame}"),
-        ));
-    }
-    let prefix = (total as u32).to_be_bytes();
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(segments.len() + 1);
-    slices.push(IoSlice::new(&prefix));
-    slices.extend(
-        segments
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| IoSlice::new(s)),
-    );
-    let mut bufs = &mut slices[..];
-    while !bufs.is_empty() {
-        let n = w.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, n);
-    }
-    Ok(())
 }
