@@ -383,6 +383,29 @@ impl FsFile {
         Ok(())
     }
 
+    /// Asks the kernel to drop the file's cached pages in `offset..offset + len`. Only for
+    /// data already synced: dropping clean pages loses nothing, it only makes a later read go
+    /// to the disk. Advice, so a failure is not an error for the caller to act on.
+    pub fn drop_cached(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+        else {
+            return;
+        };
+        // SAFETY: plain syscall on a file descriptor this struct owns; no memory is passed.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                offset,
+                len,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(path = %self.path.display(), rc, "posix_fadvise(DONTNEED) failed");
+        }
+    }
+
     /// Cuts the file to `len` bytes and moves the append position there. Not durable until
     /// [`FsFile::sync_data`].
     pub fn truncate(&self, len: u64) -> io::Result<()> {

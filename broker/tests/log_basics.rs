@@ -502,3 +502,89 @@ fn segment_ms_rolls_a_segment_whose_first_batch_is_old() {
         .unwrap();
     assert_eq!(log.segment_count(), 2);
 }
+
+/// Pages of `path` in `from..to` (bytes) that are in the page cache, per `mincore`.
+fn resident_pages(path: &std::path::Path, from: u64, to: u64) -> usize {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    let page = 4096usize;
+    // SAFETY: a read-only shared mapping of a file we hold open, unmapped below; mincore only
+    // writes its one byte per page into `vec`, which has room for every page of the mapping.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED, "mmap");
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0, "mincore");
+        libc::munmap(addr, len);
+        vec[(from as usize / page)..(to as usize).div_ceil(page).min(vec.len())]
+            .iter()
+            .filter(|b| **b & 1 == 1)
+            .count()
+    }
+}
+
+/// True when `dir` is on tmpfs, whose pages are the data itself and cannot be dropped.
+fn on_tmpfs(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statfs fills the zeroed struct we pass; `c` is a valid NUL-terminated path.
+    unsafe {
+        let mut s: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type == libc::TMPFS_MAGIC
+    }
+}
+
+#[test]
+fn flushed_data_behind_the_cached_tail_leaves_the_page_cache() {
+    const MIB: u64 = 1 << 20;
+    for keep in [Some(MIB), None] {
+        let dir = tempfile::tempdir().unwrap();
+        if on_tmpfs(dir.path()) {
+            eprintln!("SKIP: the temporary directory is on tmpfs");
+            return;
+        }
+        let cfg = LogConfig {
+            flush: FlushPolicy::Manual,
+            cache_tail_bytes: keep,
+            ..LogConfig::default()
+        };
+        let log = open(dir.path(), cfg);
+        let value = vec![7u8; 60_000];
+        for _ in 0..70 {
+            log.append(batch(&[(Some(1000), value.clone())]), LeaderEpoch(0))
+                .unwrap();
+        }
+        log.flush().unwrap();
+        let size = log.size_bytes();
+        assert!(size > 4 * MIB);
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .unwrap();
+        let head = resident_pages(&seg, 0, 2 * MIB);
+        let tail = resident_pages(&seg, size - MIB / 2, size);
+        assert!(
+            tail > 100,
+            "{keep:?}: the tail just written is cached ({tail} pages)"
+        );
+        match keep {
+            Some(_) => assert!(head <= 1, "{head} pages of the synced head still cached"),
+            None => assert!(
+                head > 500,
+                "without the setting the kernel keeps it ({head})"
+            ),
+        }
+        // Dropped pages read back from the disk unchanged.
+        let r = log.read(off(0), 1, None).unwrap();
+        assert_eq!(records(&r)[0].value, value);
+    }
+}

@@ -40,7 +40,14 @@ pub struct LogConfig {
     /// The largest batch an append may carry (Kafka's `max.message.bytes`). An append may
     /// carry several batches; the request frame limit bounds their total.
     pub append_bytes_max: u64,
+    /// Keep only this many bytes at the end of the active segment in the page cache: after
+    /// each flush, older (synced) data is dropped from it. `None` leaves caching to the kernel.
+    pub cache_tail_bytes: Option<u64>,
 }
+
+/// Page cache kept at the end of a log by default: tail readers and Raft's recent entries
+/// stay in memory; readers further behind read from the disk.
+pub const CACHE_TAIL_BYTES_DEFAULT: u64 = 64 << 20;
 
 /// Segments address batches with 32-bit positions in their indexes.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
@@ -57,6 +64,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             flush: FlushPolicy::EveryAppend,
             append_bytes_max: 8 << 20,
+            cache_tail_bytes: Some(CACHE_TAIL_BYTES_DEFAULT),
         }
     }
 }
