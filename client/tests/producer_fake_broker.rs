@@ -31,6 +31,11 @@ struct State {
     /// Per partition: values appended, in order.
     logs: HashMap<u32, Vec<Vec<u8>>>,
     attempts: HashMap<u32, u32>,
+    /// Metadata requests answered so far.
+    metadata_requests: u32,
+    /// Leave topic "t" out of this many first metadata answers (a broker that has not
+    /// learned of a new topic yet).
+    hide_topic_for: u32,
 }
 
 async fn fake_broker(scripts: HashMap<u32, Script>) -> (String, Arc<Mutex<State>>) {
@@ -54,7 +59,12 @@ async fn fake_broker(scripts: HashMap<u32, Script>) -> (String, Arc<Mutex<State>
                     };
                     let reply = match ApiKey::from_u32(h.api_key).unwrap() {
                         ApiKey::Metadata => {
-                            let resp = MetadataResponse {
+                            let hidden = {
+                                let mut st = st.lock().unwrap();
+                                st.metadata_requests += 1;
+                                st.metadata_requests <= st.hide_topic_for
+                            };
+                            let mut resp = MetadataResponse {
                                 brokers: vec![BrokerInfo {
                                     node_id: 1,
                                     host: addr.ip().to_string(),
@@ -76,6 +86,9 @@ async fn fake_broker(scripts: HashMap<u32, Script>) -> (String, Arc<Mutex<State>
                                         .collect(),
                                 }],
                             };
+                            if hidden {
+                                resp.topics.clear();
+                            }
                             Some(frame::encode_response(&rh, Some(&resp)))
                         }
                         ApiKey::Produce => {
@@ -210,15 +223,21 @@ async fn a_produce_that_never_gets_an_answer_is_unknown_not_failed() {
 }
 
 #[tokio::test]
-async fn unknown_topics_and_partitions_fail_the_send_at_once() {
+async fn unknown_topics_and_partitions_fail_the_send() {
     let (addr, _state) = fake_broker(HashMap::from([(0, Script::Accept)])).await;
     let producer = Producer::new(config(addr)).unwrap();
+    let started = std::time::Instant::now();
     let e = producer
         .send(ProducerRecord::new("other", "x"))
         .await
         .err()
         .unwrap();
     assert_eq!(e.code(), Some(ErrorCode::UnknownTopicOrPartition));
+    let waited = started.elapsed();
+    assert!(
+        waited < rafka_client::producer::UNKNOWN_TOPIC_WAIT + Duration::from_secs(1),
+        "an unknown topic fails after a short wait, not the request timeout: {waited:?}"
+    );
     let e = producer
         .send(ProducerRecord::new("t", "x").with_partition(3))
         .await
@@ -252,4 +271,20 @@ async fn a_full_buffer_makes_send_wait() {
     }
     assert!(blocked, "send must wait once buffer_bytes_max is queued");
     assert!(held.len() <= 4, "{} records fit a 4 KiB buffer", held.len());
+}
+
+#[tokio::test]
+async fn a_topic_the_broker_learns_of_a_moment_later_is_waited_for() {
+    let (addr, state) = fake_broker(HashMap::from([(0, Script::Accept)])).await;
+    state.lock().unwrap().hide_topic_for = 3;
+    let producer = Producer::new(ProducerConfig {
+        enable_idempotence: false,
+        ..config(addr)
+    })
+    .unwrap();
+    let d = producer.send(ProducerRecord::new("t", "x")).await.unwrap();
+    d.await.unwrap();
+    let st = state.lock().unwrap();
+    assert!(st.metadata_requests > 3, "{}", st.metadata_requests);
+    assert_eq!(st.logs[&0], vec![b"x".to_vec()]);
 }

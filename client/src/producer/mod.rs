@@ -56,6 +56,11 @@ use accumulator::{Accumulator, NewRecord};
 /// remembers the last five batches of each producer, so a retry of any of them is recognised.
 pub const MAX_IN_FLIGHT_PER_PARTITION_IDEMPOTENT: usize = 5;
 
+/// How long a send waits for a topic the cluster does not know before failing: long enough
+/// for a topic created a moment ago to reach every broker, short enough that a mistyped name
+/// fails promptly.
+pub const UNKNOWN_TOPIC_WAIT: Duration = Duration::from_secs(2);
+
 /// Largest produce request the sender builds, well under the 16 MiB frame limit so protobuf
 /// overhead never pushes a request over it. A single record must fit in it.
 pub const REQUEST_BYTES_MAX: usize = 8 << 20;
@@ -469,17 +474,28 @@ impl Producer {
     }
 
     /// The topic's metadata, waiting out connection failures up to the request timeout (as
-    /// Kafka's `max.block.ms`) but not an unknown topic: that fails the send at once.
+    /// Kafka's `max.block.ms`), and a topic the cluster does not know (yet) up to
+    /// [`UNKNOWN_TOPIC_WAIT`].
     async fn topic_metadata(&self, topic: &str) -> Result<Arc<crate::cluster::TopicInfo>> {
         let cluster = &self.shared.cluster;
         if let Some(t) = cluster.cached_topic(topic) {
             return Ok(t);
         }
-        let deadline =
-            Instant::now() + Duration::from_millis(self.shared.config.request_timeout_ms);
-        let connection_trouble = |e: &ClientError| e.is_retriable() && e.code().is_none();
+        let timeout = Duration::from_millis(self.shared.config.request_timeout_ms);
+        let deadline = Instant::now() + timeout;
+        // Each broker learns topics from the controller's log, so one asked a moment after a
+        // topic was created may not know it yet: an unknown topic is asked about again for a
+        // short while before it is the caller's error.
+        let unknown_until = Instant::now() + UNKNOWN_TOPIC_WAIT.min(timeout);
+        let retriable = |e: &ClientError| {
+            (e.is_retriable() && e.code().is_none())
+                || (e.code() == Some(rafka_protocol::ErrorCode::UnknownTopicOrPartition)
+                    && Instant::now() < unknown_until)
+        };
         cluster
-            .retry_if(&[], deadline, connection_trouble, || cluster.topic(topic))
+            .retry_if(&[topic.to_owned()], deadline, retriable, || {
+                cluster.topic(topic)
+            })
             .await
     }
 
