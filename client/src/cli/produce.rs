@@ -99,7 +99,8 @@ pub async fn run(bootstrap: &str, args: ProduceArgs) -> CliResult {
         ..ProducerConfig::default()
     })?;
     // Fail before reading any input when the topic or partition does not exist.
-    let topic = producer.cluster().topic(&args.topic).await?;
+    // A topic created a moment ago is waited for briefly (Producer::topic_metadata).
+    let topic = producer.topic_metadata(&args.topic).await?;
     if let Some(p) = args.partition {
         if p as usize >= topic.partitions.len() {
             return Err(CliError::usage(format!(

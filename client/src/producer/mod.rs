@@ -476,7 +476,7 @@ impl Producer {
     /// The topic's metadata, waiting out connection failures up to the request timeout (as
     /// Kafka's `max.block.ms`), and a topic the cluster does not know (yet) up to
     /// [`UNKNOWN_TOPIC_WAIT`].
-    async fn topic_metadata(&self, topic: &str) -> Result<Arc<crate::cluster::TopicInfo>> {
+    pub async fn topic_metadata(&self, topic: &str) -> Result<Arc<crate::cluster::TopicInfo>> {
         let cluster = &self.shared.cluster;
         if let Some(t) = cluster.cached_topic(topic) {
             return Ok(t);
